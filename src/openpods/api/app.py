@@ -1,0 +1,32 @@
+"""The FastAPI application: routers in the order that keeps fixed paths ahead of ``/pods/{pod_id}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from openpods import __version__
+from openpods.api.context import AppContext
+from openpods.api.envelope import install_error_handlers
+from openpods.api.routers import auth, images, misc, pending, pods
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    app = FastAPI(
+        title="OpenPods — Tapis Pods API",
+        version=__version__,
+        description="Self-hosted, wire-compatible implementation of the Tapis Pods API v1.9.0.",
+        openapi_url="/v3/pods/openapi.json",
+        docs_url="/v3/pods/docs",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    if ctx.settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=ctx.settings.cors_allow_origins, allow_credentials=True,
+            allow_methods=["*"], allow_headers=["*"], max_age=600,
+        )
+    for module in (misc, auth, images, pending, pods):
+        app.include_router(module.router)
+    return app

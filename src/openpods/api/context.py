@@ -1,0 +1,41 @@
+"""Everything a request or a controller needs, built once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from openpods.auth.tokens import SecretBox, TokenService
+from openpods.bus.base import Bus
+from openpods.config import Settings
+from openpods.domain.pods import SiteLimits
+from openpods.store.repo import utcnow
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    tokens: TokenService
+    secrets: SecretBox
+    bus: Bus
+    runtime: Any = None  # openpods.runtimes.base.Runtime, when a container engine is configured
+    runtime_problem: str = ""  # why there is no runtime (shown on pods waiting in REQUESTED)
+    storage: Any = None  # openpods.storage.base.StorageBackend
+    proxy_secret: str = ""
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    @property
+    def limits(self) -> SiteLimits:
+        s = self.settings
+        return SiteLimits(
+            cpu_min=s.cpu_min, cpu_max=s.cpu_max, mem_min=s.mem_min, mem_max=s.mem_max, gpus_max=s.gpus_max,
+            min_time_to_stop_sec=s.min_time_to_stop_sec, compute_queues=tuple(s.compute_queues),
+            max_networking_stanzas=s.max_networking_stanzas,
+        )

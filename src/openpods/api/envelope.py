@@ -1,0 +1,122 @@
+"""The Tapis envelope ``{result, status, message, version, metadata}`` and error mapping.
+
+Content-Type is exactly ``application/json`` (tapipy parses results only then). Validation errors are HTTP 400
+with ``message`` a list of ``"<field path>: <problem>"`` strings; anything unexpected is a 500 with no details.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from openpods import TAPIS_API_VERSION
+
+log = logging.getLogger(__name__)
+OK_MESSAGE = "The request was successful."
+
+
+class TapisError(Exception):
+    """An error answered in the envelope with its HTTP status."""
+
+    status_code = 400
+
+    def __init__(self, message: str | list[str], status_code: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message if isinstance(message, str) else "; ".join(message))
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers
+
+
+class BadRequest(TapisError):
+    status_code = 400
+
+
+class Unauthorized(TapisError):
+    status_code = 401
+
+
+class Forbidden(TapisError):
+    status_code = 403
+
+
+class NotFound(TapisError):
+    status_code = 404
+
+
+class Conflict(TapisError):
+    status_code = 409
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def envelope(result: Any, message: str | list[str] = OK_MESSAGE, *, status: str = "success",
+             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "result": jsonable_encoder(result, custom_encoder={datetime: _iso}),
+        "status": status,
+        "message": message,
+        "version": TAPIS_API_VERSION,
+        "metadata": metadata or {},
+    }
+
+
+def ok(result: Any, message: str = OK_MESSAGE, *, metadata: dict[str, Any] | None = None,
+       status_code: int = 200) -> JSONResponse:
+    return JSONResponse(envelope(result, message, metadata=metadata), status_code=status_code)
+
+
+def error_response(status_code: int, message: str | list[str], result: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(envelope(result, message, status="error"), status_code=status_code, headers=headers)
+
+
+def validation_messages(errors: list[dict[str, Any]]) -> list[str]:
+    """Pydantic errors as readable strings naming the field, e.g. ``networking, default, port: ...``."""
+    out = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (not part of the request schema)."
+        out.append(f"{', '.join(loc)}: {msg}" if loc else msg)
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TapisError)
+    async def _tapis(_: Request, exc: TapisError) -> JSONResponse:
+        return error_response(exc.status_code, exc.message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, validation_messages(list(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def _model_validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(400, validation_messages(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "No such endpoint."
+        if exc.status_code == 405:
+            message = "Method not allowed for this endpoint."
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("Unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "Unexpected server error; it has been logged.")

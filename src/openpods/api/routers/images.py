@@ -1,0 +1,78 @@
+"""The image allowlist: anyone authenticated reads it; only site admins change it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+from starlette.responses import JSONResponse
+
+from openpods.api.deps import Caller, Ctx, require_site_admin
+from openpods.api.envelope import Conflict, NotFound, ok
+from openpods.domain.models import NewImage
+from openpods.store import repo
+from openpods.store.db import transaction
+from openpods.store.tables import Image
+
+router = APIRouter(prefix="/v3/pods/images", tags=["images"])
+
+
+def image_view(row: Image) -> dict:
+    return {"image": row.image, "tenants": row.tenants, "description": row.description,
+            "creation_ts": row.creation_ts, "added_by": row.added_by}
+
+
+@router.get("", operation_id="get_images", summary="get_images")
+def get_images(ctx: Ctx, caller: Caller) -> JSONResponse:
+    with transaction(ctx.sessions) as s:
+        return ok([image_view(r) for r in s.scalars(select(Image).order_by(Image.image))])
+
+
+@router.post("", operation_id="add_image", summary="add_image")
+def add_image(ctx: Ctx, caller: Caller, body: NewImage) -> JSONResponse:
+    require_site_admin(caller)
+    with transaction(ctx.sessions) as s:
+        if s.get(Image, body.image) is not None:
+            raise Conflict(f"Image '{body.image}' is already in the allowlist.")
+        row = Image(image=body.image, tenants=body.tenants, description=body.description,
+                    creation_ts=repo.utcnow(), added_by=caller.username)
+        s.add(row)
+        return ok(image_view(row), f"Image '{body.image}' added to the allowlist.")
+
+
+@router.post("/bulk", operation_id="add_images", summary="add_images")
+def add_images(ctx: Ctx, caller: Caller, body: list[NewImage], skip_duplicates: bool = False) -> JSONResponse:
+    require_site_admin(caller)
+    with transaction(ctx.sessions) as s:
+        added = []
+        seen: set[str] = set()
+        for item in body:
+            if item.image in seen or s.get(Image, item.image) is not None:
+                if skip_duplicates:
+                    continue
+                raise Conflict(f"Image '{item.image}' is already in the allowlist; nothing was added.")
+            seen.add(item.image)
+            row = Image(image=item.image, tenants=item.tenants, description=item.description,
+                        creation_ts=repo.utcnow(), added_by=caller.username)
+            s.add(row)
+            added.append(image_view(row))
+        return ok(added, f"Added {len(added)} images to the allowlist.")
+
+
+@router.get("/{image_id:path}", operation_id="get_image", summary="get_image")
+def get_image(ctx: Ctx, caller: Caller, image_id: str) -> JSONResponse:
+    with transaction(ctx.sessions) as s:
+        row = s.get(Image, image_id)
+        if row is None:
+            raise NotFound(f"Image '{image_id}' is not in the allowlist.")
+        return ok(image_view(row))
+
+
+@router.delete("/{image_id:path}", operation_id="delete_image", summary="delete_image")
+def delete_image(ctx: Ctx, caller: Caller, image_id: str) -> JSONResponse:
+    require_site_admin(caller)
+    with transaction(ctx.sessions) as s:
+        row = s.get(Image, image_id)
+        if row is None:
+            raise NotFound(f"Image '{image_id}' is not in the allowlist.")
+        s.delete(row)
+    return ok("", f"Image '{image_id}' removed from the allowlist.")

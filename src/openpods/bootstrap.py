@@ -1,0 +1,58 @@
+"""Builds a process's AppContext from Settings: data dir, database + migrations, keys, first-start admin."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from openpods.api.context import AppContext
+from openpods.auth.tokens import SecretBox, TokenService, hash_password, load_or_create_secret, random_password
+from openpods.bus.base import Bus
+from openpods.bus.memory import MemoryBus
+from openpods.config import Settings
+from openpods.store import db, repo
+from openpods.store.tables import User
+
+log = logging.getLogger(__name__)
+
+
+def make_bus(settings: Settings) -> Bus:
+    if settings.bus == "rabbitmq":
+        from openpods.bus.rabbitmq import RabbitMQBus
+
+        return RabbitMQBus(settings.rabbitmq_url, queue_prefix=f"openpods_{settings.site_id}")
+    return MemoryBus()
+
+
+def build_context(settings: Settings, *, migrate: bool = True, bus: Bus | None = None) -> AppContext:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    engine = db.make_engine(settings.effective_database_url)
+    if migrate:
+        db.upgrade(engine)
+    keys = settings.data_dir / "keys"
+    ctx = AppContext(
+        settings=settings, engine=engine, sessions=db.make_sessionmaker(engine), tokens=TokenService(settings),
+        secrets=SecretBox(keys), bus=bus or make_bus(settings),
+        proxy_secret=settings.proxy_secret or load_or_create_secret(keys / "proxy-secret"),
+    )
+    return ctx
+
+
+def ensure_admin(ctx: AppContext, *, announce: bool = True) -> str | None:
+    """Creates the site admin ``admin`` in the default tenant on first start. Returns a generated password
+    (printed once) or None when the admin existed or the password came from OPENPODS_ADMIN_PASSWORD."""
+    tenant = ctx.settings.default_tenant
+    with db.transaction(ctx.sessions) as s:
+        if repo.get_user(s, tenant, "admin") is not None:
+            return None
+        password = ctx.settings.admin_password or random_password(20)
+        s.add(User(tenant_id=tenant, username="admin", password_hash=hash_password(password), is_admin=True,
+                   created_at=repo.utcnow()))
+    if ctx.settings.admin_password:
+        return None
+    if announce:
+        print(f"Created site admin 'admin' in tenant '{tenant}' with password: {password}\n"
+              "(shown once; set OPENPODS_ADMIN_PASSWORD to choose it)", file=sys.stderr, flush=True)
+    return password

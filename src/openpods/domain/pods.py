@@ -1,0 +1,128 @@
+"""Pure pod rules that depend on the site's configuration: bounds, URLs, the image allowlist, deadlines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SiteLimits:
+    cpu_min: int = 250
+    cpu_max: int = 6000
+    mem_min: int = 256
+    mem_max: int = 12288
+    gpus_max: int = 1
+    min_time_to_stop_sec: int = 300
+    compute_queues: tuple[str, ...] = ("default",)
+    max_networking_stanzas: int = 4
+
+
+def check_against_site(fields: Mapping[str, Any], limits: SiteLimits) -> list[str]:
+    """Errors (``field: message``) for the given pod fields; only the fields present are checked."""
+    errors: list[str] = []
+    res = fields.get("resources")
+    if isinstance(res, Mapping):
+        for key, lo, hi in (
+            ("cpu_request", limits.cpu_min, limits.cpu_max),
+            ("cpu_limit", limits.cpu_min, limits.cpu_max),
+            ("mem_request", limits.mem_min, limits.mem_max),
+            ("mem_limit", limits.mem_min, limits.mem_max),
+            ("gpus", 0, limits.gpus_max),
+        ):
+            value = res.get(key)
+            if value is not None and not lo <= value <= hi:
+                errors.append(f"resources, {key}: {value} is out of bounds ({lo}-{hi}).")
+        for kind in ("cpu", "mem"):
+            req, lim = res.get(f"{kind}_request"), res.get(f"{kind}_limit")
+            if req is not None and lim is not None and req > lim:
+                errors.append(f"resources, {kind}_request: must not exceed {kind}_limit ({req} > {lim}).")
+    for key in ("time_to_stop_default", "time_to_stop_instance"):
+        value = fields.get(key)
+        if value is not None and value != -1 and value < limits.min_time_to_stop_sec:
+            errors.append(f"{key}: must be -1 (unlimited) or at least {limits.min_time_to_stop_sec} seconds.")
+    queue = fields.get("compute_queue")
+    if queue is not None and queue not in limits.compute_queues:
+        errors.append(f"compute_queue: {queue!r} is not one of {', '.join(limits.compute_queues)}.")
+    networking = fields.get("networking")
+    if isinstance(networking, Mapping) and len(networking) > limits.max_networking_stanzas:
+        errors.append(f"networking: at most {limits.max_networking_stanzas} stanzas are allowed.")
+    return errors
+
+
+def stanza_hostname(pod_id: str, key: str, pods_domain: str) -> str:
+    """``<pod_id>.<pods_domain>`` for the ``default`` stanza, ``<pod_id>-<key>.<pods_domain>`` otherwise."""
+    return f"{pod_id}.{pods_domain}" if key == "default" else f"{pod_id}-{key}.{pods_domain}"
+
+
+def with_urls(networking: Mapping[str, Mapping[str, Any]], pod_id: str, pods_domain: str) -> dict[str, Any]:
+    """The stanzas with ``url`` filled in (the service owns that field); local_only stanzas get none."""
+    out: dict[str, Any] = {}
+    for key, stanza in networking.items():
+        stanza = dict(stanza)
+        stanza["url"] = "" if stanza.get("protocol") == "local_only" else stanza_hostname(pod_id, key, pods_domain)
+        out[key] = stanza
+    return out
+
+
+def split_pod_id_net(pod_id_net: str) -> tuple[str, str]:
+    """``mypod`` → (mypod, default); ``mypod-bolt`` → (mypod, bolt)."""
+    pod_id, sep, key = pod_id_net.partition("-")
+    return pod_id, (key if sep else "default")
+
+
+# ------------------------------------------------------------------------------------------- images
+
+_TAG_RE = re.compile(r":([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
+
+
+def split_image(ref: str) -> tuple[str, str | None]:
+    """``registry:5000/org/name:tag`` → (``registry:5000/org/name``, ``tag``). A digest counts as the tag."""
+    if "@" in ref:
+        name, _, digest = ref.partition("@")
+        return name, "@" + digest
+    last = ref.rsplit("/", 1)[-1]
+    m = _TAG_RE.search(last)
+    if not m:
+        return ref, None
+    return ref[: len(ref) - len(m.group(0))], m.group(1)
+
+
+def tenant_in_scope(tenant_id: str, scopes: Iterable[str]) -> bool:
+    """``**`` (or ``*``) = every tenant, ``<tenant>`` = that tenant, ``-<tenant>`` = deny (deny wins).
+    A list with only denials (or empty) admits every tenant not denied."""
+    scopes = list(scopes)
+    if f"-{tenant_id}" in scopes:
+        return False
+    positives = [s for s in scopes if not s.startswith("-")]
+    if not positives:
+        return True
+    return "**" in positives or "*" in positives or tenant_id in positives
+
+
+def image_allowed(image: str, tenant_id: str, entries: Iterable[tuple[str, Iterable[str]]],
+                  site_list: Iterable[str] = ()) -> bool:
+    """An entry without a tag admits every tag of that image; an entry with a tag admits only that tag."""
+    name, tag = split_image(image)
+    candidates = [(entry, scopes) for entry, scopes in entries] + [(entry, ("**",)) for entry in site_list]
+    for entry, scopes in candidates:
+        e_name, e_tag = split_image(entry)
+        if e_name == name and (e_tag is None or e_tag == tag) and tenant_in_scope(tenant_id, scopes):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------------------- deadlines
+
+
+def time_to_stop_ts(start: datetime | None, default: int | None, instance: int | None) -> datetime | None:
+    """When a running instance must be stopped; None for unlimited (-1) or not running."""
+    if start is None:
+        return None
+    seconds = instance if instance is not None else default
+    if seconds is None or seconds == -1:
+        return None
+    return start + timedelta(seconds=seconds)

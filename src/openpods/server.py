@@ -1,0 +1,61 @@
+"""Process runner: one asyncio loop hosting the roles this process plays (api, spawner, health, proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+
+import uvicorn
+
+from openpods.api.app import create_app
+from openpods.api.context import AppContext
+from openpods.bootstrap import build_context, ensure_admin
+from openpods.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve_async(settings: Settings, roles: Iterable[str], ctx: AppContext | None = None) -> None:
+    roles = set(roles)
+    ctx = ctx or build_context(settings)
+    ensure_admin(ctx)
+    await ctx.bus.start()
+    tasks: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    from openpods.controllers.runner import start_controllers
+
+    controllers = await start_controllers(ctx, roles)
+    server = None
+    if "api" in roles:
+        config = uvicorn.Config(create_app(ctx), host=settings.host, port=settings.port, log_level="warning",
+                                access_log=False, lifespan="off")
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        tasks.append(asyncio.create_task(server.serve(), name="api"))
+        log.info("OpenPods API on %s (site admin: admin)", settings.effective_base_url)
+    try:
+        waiters = [asyncio.create_task(stop.wait()), *tasks]
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception():
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        if server is not None:
+            server.should_exit = True
+        await controllers.stop()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
+        await ctx.bus.close()
+
+
+def run(settings: Settings, roles: Iterable[str]) -> None:
+    asyncio.run(serve_async(settings, roles))

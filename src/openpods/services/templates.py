@@ -1,0 +1,101 @@
+"""Template resolution against the store, and the derived (merged) view of a pod."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from openpods.api.envelope import BadRequest, NotFound
+from openpods.auth.tokens import Identity
+from openpods.config import Settings
+from openpods.domain import templates as tpl
+from openpods.domain.models import Networking
+from openpods.domain.permissions import Level, effective_level
+from openpods.domain.pods import with_urls
+from openpods.store import repo
+from openpods.store.tables import Pod, Template, TemplateTag
+
+user_set_fields = tpl.user_set_fields
+update_user_set = tpl.update_user_set
+unpin = tpl.unpin
+
+
+def record(row: TemplateTag) -> tpl.TagRecord:
+    return tpl.TagRecord(template_id=row.template_id, tag=row.tag, tag_timestamp=row.tag_timestamp,
+                         creation_ts=row.creation_ts, pod_definition=dict(row.pod_definition or {}))
+
+
+def make_lookup(s: Session, tenant_id: str) -> tpl.Lookup:
+    """Tag versions of one template only (never another template's tag of the same name)."""
+
+    def lookup(template_id: str, tag: str | None, timestamp: str | None) -> tpl.TagRecord | None:
+        tag = tag or tpl.DEFAULT_TAG
+        query = select(TemplateTag).where(TemplateTag.tenant_id == tenant_id, TemplateTag.template_id == template_id,
+                                          TemplateTag.tag == tag)
+        if timestamp:
+            query = query.where(TemplateTag.tag_timestamp == f"{tag}@{timestamp}")
+        row = s.scalars(query.order_by(TemplateTag.seq.desc()).limit(1)).first()
+        return record(row) if row else None
+
+    return lookup
+
+
+def _template_exists(s: Session, tenant_id: str):  # noqa: ANN202
+    return lambda template_id: s.get(Template, (tenant_id, template_id)) is not None
+
+
+def resolve(s: Session, tenant_id: str, ref: str, *, outer: tuple[str, ...] = ()) -> list[tpl.TagRecord]:
+    """The chain for a reference, nearest first; template errors become 400/404 in the envelope."""
+    try:
+        parsed = tpl.parse_template_ref(ref)
+        return tpl.resolve_chain(parsed, make_lookup(s, tenant_id),
+                                 template_exists=_template_exists(s, tenant_id), outer=outer)
+    except tpl.TemplateNotFound as exc:
+        raise NotFound(str(exc)) from None
+    except (tpl.TemplateRefError, tpl.TemplateLoop, tpl.TemplateChainTooDeep) as exc:
+        raise BadRequest([f"template: {exc}"]) from None
+
+
+def check_template_readable(s: Session, caller: Identity, template_id: str) -> None:
+    exists = s.get(Template, (caller.tenant_id, template_id)) is not None
+    level = effective_level(repo.grants(s, "template", caller.tenant_id, template_id), caller.username,
+                            site_admin=caller.is_admin, allow_wildcard=True)
+    if not exists or level < Level.READ:
+        raise NotFound(f"Template with identifier '{template_id}' not found.")
+
+
+def pin_for_pod(s: Session, caller: Identity, ref: str) -> str:
+    """Resolve what a user wrote in ``template`` to the pinned ``name:tag@timestamp`` (needs READ on the
+    named template; deeper templates were checked when their tags were created)."""
+    try:
+        template_id = tpl.parse_template_ref(ref).template_id
+    except tpl.TemplateRefError as exc:
+        raise BadRequest([f"template: {exc}"]) from None
+    check_template_readable(s, caller, template_id)
+    return tpl.pin(resolve(s, caller.tenant_id, ref)[0])
+
+
+def site_defaults(settings: Settings) -> dict[str, Any]:
+    defaults = dict(tpl.POD_DEFAULTS)
+    defaults["time_to_stop_default"] = settings.default_time_to_stop_sec
+    defaults["resources"] = {
+        "cpu_request": settings.cpu_request_default, "cpu_limit": settings.cpu_limit_default,
+        "mem_request": settings.mem_request_default, "mem_limit": settings.mem_limit_default, "gpus": 0,
+    }
+    return defaults
+
+
+def derive(s: Session, pod: Pod, settings: Settings) -> dict[str, Any]:
+    """The pod as it will run: its own user-set fields over its template chain over the site defaults, with
+    URLs recomputed. Secrets are NOT substituted."""
+    from openpods.services.pods import POD_VIEW_FIELDS
+
+    fields = {name: getattr(pod, name) for name in POD_VIEW_FIELDS}
+    chain = [r.pod_definition for r in resolve(s, pod.tenant_id, pod.template)] if pod.template else []
+    merged = tpl.merge_pod(fields, set(pod.modified_fields or []), chain, site_defaults(settings))
+    networking = {k: Networking.model_validate(v, strict=False).model_dump()
+                  for k, v in (merged.get("networking") or {}).items()}
+    merged["networking"] = with_urls(networking, pod.pod_id, settings.pods_domain(pod.tenant_id))
+    return merged
