@@ -18,16 +18,19 @@ from openpods.config import Settings
 log = logging.getLogger(__name__)
 
 
-async def serve_async(settings: Settings, roles: Iterable[str], ctx: AppContext | None = None) -> None:
+async def serve_async(settings: Settings, roles: Iterable[str], ctx: AppContext | None = None,
+                      stop: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM or until ``stop`` is set (tests set it from another thread with
+    ``loop.call_soon_threadsafe(stop.set)``)."""
     roles = set(roles)
     ctx = ctx or build_context(settings)
     ensure_admin(ctx)
     await ctx.bus.start()
     tasks: list[asyncio.Task[None]] = []
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
 
     from openpods.controllers.runner import start_controllers

@@ -30,6 +30,13 @@ class AppContext:
     storage: Any = None  # openpods.storage.base.StorageBackend
     proxy_secret: str = ""
     clock: Callable[[], datetime] = field(default=utcnow)
+    loop: Any = None  # the event loop running the runtime adapter (set by the controllers' runner)
+
+    def run_async(self, coro: Any, timeout: float) -> Any:
+        """Run a coroutine on the adapters' loop from a worker thread (sync endpoints)."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @property
     def limits(self) -> SiteLimits:

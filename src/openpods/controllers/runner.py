@@ -1,12 +1,14 @@
-"""Starts and stops the controller tasks a process runs, by role."""
+"""Starts and stops what a process runs, by role: the runtime and storage adapters, the spawner, the health
+loop (with the log refresher and the snapshot scheduler), and the supervised Traefik."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from openpods.api.context import AppContext
 
@@ -16,7 +18,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class Controllers:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    closers: list = field(default_factory=list)
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+    health: Any = None
+    spawner: Any = None
+    scheduler: Any = None
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -31,7 +36,65 @@ class Controllers:
                     await result
 
 
+def setup_storage(ctx: AppContext) -> None:
+    from openpods.storage.local import LocalStorage
+
+    if ctx.storage is None:
+        ctx.storage = LocalStorage(ctx.settings.data_dir / "storage")
+
+
+async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
+    """Connects to a Docker Engine API (Docker or Podman); starts `podman system service` when allowed and
+    needed. Without an engine the service still runs and says why pods wait."""
+    settings = ctx.settings
+    if ctx.runtime is not None or settings.runtime == "none":
+        if ctx.runtime is None:
+            ctx.runtime_problem = "This site runs without a container runtime (runtime = none)."
+        return
+    from openpods.runtimes import engine
+    from openpods.runtimes.docker import DockerRuntime
+
+    url = await asyncio.to_thread(engine.find_engine_socket, settings.docker_host or None)
+    if url is None and settings.start_podman_service and engine.podman_installed():
+        sock = settings.data_dir / "run" / "podman.sock"
+        try:
+            proc = await asyncio.to_thread(engine.start_podman_service, sock, settings.data_dir / "run" /
+                                           "containers.conf", default_ulimits=settings.default_ulimits)
+            url = engine.socket_url(str(sock))
+            if proc is not None:
+                log.info("started podman system service on %s", url)
+        except engine.EngineStartError as exc:
+            log.error("could not start podman: %s", exc)
+    if url is None:
+        ctx.runtime_problem = engine.install_hint()
+        log.error("%s", ctx.runtime_problem)
+        return
+    ctx.runtime = DockerRuntime(url)
+    controllers.closers.append(ctx.runtime.close)
+    log.info("container engine: %s", url)
+
+
 async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controllers:
     roles = set(roles)
     controllers = Controllers()
+    ctx.loop = asyncio.get_running_loop()
+    setup_storage(ctx)
+    if roles & {"api", "spawner", "health"}:
+        await setup_runtime(ctx, controllers)
+    if "spawner" in roles:
+        from openpods.controllers.spawner import Spawner
+
+        controllers.spawner = Spawner(ctx)
+        controllers.tasks.append(asyncio.create_task(controllers.spawner.run(), name="spawner"))
+    if "health" in roles:
+        from openpods.controllers.health import Health, LogRefresher
+
+        controllers.health = Health(ctx)
+        controllers.tasks.append(asyncio.create_task(controllers.health.run(), name="health"))
+        refresher = LogRefresher(ctx, controllers.health)
+        controllers.tasks.append(asyncio.create_task(refresher.run(), name="log-refresher"))
+        from openpods.controllers.snapshots import SnapshotScheduler
+
+        controllers.scheduler = SnapshotScheduler(ctx)
+        controllers.tasks.append(asyncio.create_task(controllers.scheduler.run(), name="snapshots"))
     return controllers

@@ -219,6 +219,8 @@ class VolumeMount(Strict):
     type: str = ""
     mount_path: str = "/tapis_volume_mount"
     sub_path: str = ""
+    # The user guide's examples add ``volume_id`` (the key already names the volume); accepted, not stored.
+    volume_id: str | None = Field(None, exclude=True)
 
     @field_validator("type")
     @classmethod
@@ -246,8 +248,11 @@ class VolumeMount(Strict):
 
 
 def check_volume_mounts(value: dict[str, Any]) -> dict[str, Any]:
-    for key in value:
+    for key, mount in value.items():
         check_id(key, f"volume_mounts key {key!r}", max_len=128)
+        named = mount.volume_id if isinstance(mount, VolumeMount) else None
+        if named is not None and named != key:
+            raise ValueError(f"volume_mounts, {key}: volume_id {named!r} must equal the key (the key names it).")
     paths = [m.mount_path if isinstance(m, VolumeMount) else m.get("mount_path") for m in value.values()]
     if len(paths) != len(set(paths)):
         raise ValueError("volume_mounts: two mounts use the same mount_path.")
@@ -385,9 +390,9 @@ class UpdatePod(_PodFields):
 
 
 class ExecutePodCommands(Strict):
-    commands: list[str] | list[list[str]]
-    total_timeout: int = Field(300, ge=1, le=3600)
-    command_timeout: int = Field(60, ge=1, le=3600)
+    commands: list[str | list[str]]
+    total_timeout: int = Field(300, ge=1, le=24 * 3600)
+    command_timeout: int = Field(60, ge=1, le=24 * 3600)
     fail_on_non_success: bool = True
 
     @field_validator("commands")
@@ -397,13 +402,20 @@ class ExecutePodCommands(Strict):
             raise ValueError("commands must not be empty.")
         if len(v) > 100:
             raise ValueError("at most 100 commands per request.")
+        for item in v:
+            argv = [item] if isinstance(item, str) else item
+            if not argv or any(not a or "\x00" in a for a in argv):
+                raise ValueError("every command needs a program and no empty or NUL-containing arguments.")
         return v
 
     def normalized(self) -> list[list[str]]:
-        """A flat list of strings is ONE command (argv); a list of lists is several."""
+        """A flat list of strings is ONE command (argv, as the user guide shows: ``["sleep", "5"]``); in a list
+        of lists each item is a command, and a string item there is split like a shell would."""
+        import shlex
+
         if all(isinstance(c, str) for c in self.commands):
             return [list(self.commands)]  # type: ignore[arg-type]
-        return [list(c) for c in self.commands]  # type: ignore[union-attr]
+        return [shlex.split(c) if isinstance(c, str) else list(c) for c in self.commands]
 
 
 # ---------------------------------------------------------------------------------------------- images

@@ -42,7 +42,7 @@ def make_lookup(s: Session, tenant_id: str) -> tpl.Lookup:
     return lookup
 
 
-def _template_exists(s: Session, tenant_id: str):  # noqa: ANN202
+def _template_exists(s: Session, tenant_id: str):
     return lambda template_id: s.get(Template, (tenant_id, template_id)) is not None
 
 
@@ -99,3 +99,46 @@ def derive(s: Session, pod: Pod, settings: Settings) -> dict[str, Any]:
                   for k, v in (merged.get("networking") or {}).items()}
     merged["networking"] = with_urls(networking, pod.pod_id, settings.pods_domain(pod.tenant_id))
     return merged
+
+
+def template_view(row: Template) -> dict[str, Any]:
+    return {"template_id": row.template_id, "description": row.description, "metatags": row.metatags,
+            "archive_message": row.archive_message, "creation_ts": row.creation_ts, "update_ts": row.update_ts}
+
+
+def tag_view(row: TemplateTag, *, full: bool = True) -> dict[str, Any]:
+    view = {"template_id": row.template_id, "commit_message": row.commit_message, "tag": row.tag,
+            "tag_timestamp": row.tag_timestamp, "added_by": row.added_by, "creation_ts": row.creation_ts}
+    if full:
+        view["pod_definition"] = row.pod_definition
+    return view
+
+
+def create_template(s: Session, tenant_id: str, template_id: str, owner: str, *, description: str = "",
+                    metatags: list[str] | None = None, archive_message: str = "") -> Template:
+    now = repo.utcnow()
+    row = Template(tenant_id=tenant_id, template_id=template_id, description=description,
+                   metatags=list(metatags or []), archive_message=archive_message, creation_ts=now, update_ts=now)
+    s.add(row)
+    repo.set_grant(s, "template", tenant_id, template_id, owner, "ADMIN")
+    return row
+
+
+def create_tag(s: Session, tenant_id: str, template_id: str, tag: str, definition: dict[str, Any],
+               commit_message: str, added_by: str) -> TemplateTag:
+    """Adds an immutable version of ``tag``. A definition that chains to another template must resolve now
+    and must not lead back to this template."""
+    if definition.get("template"):
+        resolve(s, tenant_id, definition["template"], outer=(template_id,))
+    rows = list(s.scalars(select(TemplateTag).where(TemplateTag.tenant_id == tenant_id,
+                                                    TemplateTag.template_id == template_id)))
+    now = repo.utcnow()
+    tag_timestamp = tpl.format_tag_timestamp(tag, now, {r.tag_timestamp for r in rows})
+    row = TemplateTag(tenant_id=tenant_id, template_id=template_id, tag_timestamp=tag_timestamp, tag=tag,
+                      pod_definition=definition, commit_message=commit_message, added_by=added_by,
+                      creation_ts=now, seq=max((r.seq for r in rows), default=0) + 1)
+    s.add(row)
+    template = s.get(Template, (tenant_id, template_id))
+    if template is not None:
+        template.update_ts = now
+    return row

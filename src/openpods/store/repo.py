@@ -63,6 +63,16 @@ def readable_ids(s: Session, object_type: str, tenant_id: str, usernames: Iterab
 
 def add_action_log(s: Session, object_type: str, tenant_id: str, object_id: str, actor: str, message: str,
                    ts: datetime | None = None) -> None:
+    """Appends an entry, unless it repeats the object's last entry (retries must not flood the log)."""
+    last = s.scalars(
+        select(ActionLog.message)
+        .where(ActionLog.object_type == object_type, ActionLog.tenant_id == tenant_id,
+               ActionLog.object_id == object_id)
+        .order_by(ActionLog.id.desc())
+        .limit(1)
+    ).first()
+    if last == message:
+        return
     s.add(ActionLog(object_type=object_type, tenant_id=tenant_id, object_id=object_id, ts=ts or utcnow(),
                     actor=actor, message=message))
 

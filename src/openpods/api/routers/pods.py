@@ -20,9 +20,10 @@ from openpods.api.envelope import BadRequest, Conflict, envelope, ok
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
-from openpods.domain.models import NewPod, SetPermission, UpdatePod
+from openpods.domain import templates as tpl_domain
+from openpods.domain.models import NewPod, NewTemplateTagFromPod, SetPermission, UpdatePod
 from openpods.domain.permissions import Level
-from openpods.domain.pods import check_against_site, with_urls
+from openpods.domain.pods import check_against_site, split_pod_id_net, with_urls
 from openpods.services import pods as pod_svc
 from openpods.services import templates as tpl_svc
 from openpods.services.images import check_image_allowed
@@ -36,7 +37,7 @@ NO_CHANGE = "Incoming data made no changes to pod. Is incoming data equal to cur
 RESTART_NOTE = "Changes take effect when the pod is (re)started: use restart_pod."
 
 
-def _pod_exists(pod_id: str, tenant_id: str):  # noqa: ANN202
+def _pod_exists(pod_id: str, tenant_id: str):
     return lambda s: s.get(Pod, (tenant_id, pod_id)) is not None
 
 
@@ -64,7 +65,7 @@ def _validation(ctx: AppContext, s: Session, caller: Identity, fields: dict[str,
         check_mount_access(s, caller, fields["volume_mounts"])
 
 
-def _retrying(fn):  # noqa: ANN001, ANN202
+def _retrying(fn):
     """Controllers update pods concurrently (optimistic locking on ``revision``): retry a lost race."""
 
     @functools.wraps(fn)
@@ -206,10 +207,26 @@ def get_pod_credentials(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
                "user_password": secrets.get("user_password", "")})
 
 
+def _refresh_logs(ctx: AppContext, tenant_id: str, pod_id: str, instance: str) -> None:
+    """Fresh output of a running pod (bounded), so logs are current when asked for."""
+    from openpods.controllers.health import store_logs
+    from openpods.domain.container_spec import container_name
+
+    try:
+        text = ctx.run_async(ctx.runtime.logs(container_name(tenant_id, pod_id), ctx.settings.logs_max_bytes), 30)
+    except Exception:  # the stored logs are still a good answer
+        return
+    store_logs(ctx, tenant_id, pod_id, instance, text)
+
+
 @router.get("/{pod_id}/logs", operation_id="get_pod_logs", summary="get_pod_logs")
 def get_pod_logs(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
-        load_pod(s, caller, pod_id, Level.READ)
+        pod = load_pod(s, caller, pod_id, Level.READ)
+        running, instance = pod.status == st.AVAILABLE, pod.instance_id
+    if running and ctx.runtime is not None and ctx.loop is not None:
+        _refresh_logs(ctx, caller.tenant_id, pod_id, instance)
+    with transaction(ctx.sessions) as s:
         row = s.get(PodLog, (caller.tenant_id, pod_id))
         logs = row.logs if row else ""
         actions = repo.action_logs(s, "pod", caller.tenant_id, pod_id)
@@ -303,3 +320,21 @@ def restart_pod(ctx: Ctx, caller: Caller, pod_id: str, grab_latest_template_tag:
     ctx.bus.publish(Wakeup(SPAWNER, caller.tenant_id, pod_id))
     ctx.bus.publish(Wakeup(HEALTH, caller.tenant_id, pod_id))
     return ok(view, "Updated pod's status_requested to RESTART.")
+
+
+@router.post("/{pod_id_net}/save_pod_as_template_tag", operation_id="save_pod_as_template_tag",
+             summary="save_pod_as_template_tag")
+def save_pod_as_template_tag(ctx: Ctx, caller: Caller, pod_id_net: str, body: NewTemplateTagFromPod) -> JSONResponse:
+    from openpods.api.routers.templates import load_template
+
+    pod_id, _ = split_pod_id_net(pod_id_net)
+    with transaction(ctx.sessions) as s:
+        pod = load_pod(s, caller, pod_id, Level.ADMIN)
+        load_template(s, caller, body.template_id, Level.USER)
+        fields = {name: getattr(pod, name) for name in pod_svc.POD_VIEW_FIELDS}
+        definition = tpl_domain.definition_from_pod(fields, set(pod.modified_fields or []))
+        row = tpl_svc.create_tag(s, caller.tenant_id, body.template_id, body.tag, definition, body.commit_message,
+                                 caller.username)
+        repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, caller.username,
+                            f"'{caller.username}' saved pod as template tag {body.template_id}:{row.tag_timestamp}")
+        return ok(tpl_svc.tag_view(row), "Template tag created from pod.")

@@ -1,0 +1,201 @@
+"""Volumes: persistent per-tenant storage, its files API (list, download, upload) and permissions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse
+
+from openpods.api import permissions_common as perms
+from openpods.api.deps import Caller, Ctx, check_level
+from openpods.api.envelope import BadRequest, Conflict, envelope, ok
+from openpods.api.files import file_response, storage_errors
+from openpods.auth.tokens import Identity
+from openpods.domain import status as st
+from openpods.domain.models import NewVolume, SetPermission, UpdateVolume
+from openpods.domain.permissions import Level
+from openpods.store import repo
+from openpods.store.db import transaction
+from openpods.store.tables import Pod, Snapshot, Volume
+
+router = APIRouter(prefix="/v3/pods/volumes", tags=["volumes"])
+MB = 1024 * 1024
+
+
+def volume_view(row: Volume) -> dict[str, Any]:
+    return {"volume_id": row.volume_id, "description": row.description, "size_limit": row.size_limit,
+            "size": row.size, "status": row.status, "creation_ts": row.creation_ts, "update_ts": row.update_ts}
+
+
+def load_volume(s: Session, caller: Identity, volume_id: str, needed: Level) -> Volume:
+    row = s.get(Volume, (caller.tenant_id, volume_id))
+    check_level(s, caller, "volume", volume_id, needed, exists=row is not None)
+    assert row is not None
+    return row
+
+
+def _exists(volume_id: str, tenant_id: str):
+    return lambda s: s.get(Volume, (tenant_id, volume_id)) is not None
+
+
+def _refresh_size(ctx: Any, row: Volume) -> None:
+    """``size`` is current in every answer: measured now (MB, rounded up)."""
+    try:
+        used = ctx.storage.usage_bytes("volume", row.tenant_id, row.volume_id)
+    except Exception:  # a missing directory is reported by the storage check, not here
+        return
+    row.size = -(-used // MB)
+
+
+def mounting_pods(s: Session, tenant_id: str, kind: str, object_id: str) -> list[str]:
+    """Pods whose own definition mounts the object and that are not stopped."""
+    out = []
+    for pod in s.scalars(select(Pod).where(Pod.tenant_id == tenant_id, Pod.status != st.STOPPED)):
+        mount = (pod.volume_mounts or {}).get(object_id)
+        if mount and mount.get("type") == kind:
+            out.append(pod.pod_id)
+    return out
+
+
+@router.get("", operation_id="list_volumes", summary="list_volumes")
+def list_volumes(ctx: Ctx, caller: Caller) -> JSONResponse:
+    with transaction(ctx.sessions) as s:
+        query = select(Volume).where(Volume.tenant_id == caller.tenant_id).order_by(Volume.volume_id)
+        if not caller.is_admin:
+            query = query.where(Volume.volume_id.in_(repo.readable_ids(s, "volume", caller.tenant_id,
+                                                                       [caller.username])))
+        rows = list(s.scalars(query))
+        for row in rows:
+            _refresh_size(ctx, row)
+        return ok([volume_view(r) for r in rows])
+
+
+@router.post("", operation_id="create_volume", summary="create_volume")
+def create_volume(ctx: Ctx, caller: Caller, body: NewVolume) -> JSONResponse:
+    with transaction(ctx.sessions) as s:
+        if s.get(Volume, (caller.tenant_id, body.volume_id)) is not None:
+            raise Conflict(f"Volume with identifier '{body.volume_id}' already exists.")
+        now = repo.utcnow()
+        row = Volume(tenant_id=caller.tenant_id, volume_id=body.volume_id, description=body.description,
+                     size_limit=body.size_limit, size=0, status="CREATING", creation_ts=now, update_ts=now)
+        s.add(row)
+        repo.set_grant(s, "volume", caller.tenant_id, body.volume_id, caller.username, "ADMIN")
+        s.flush()
+        with storage_errors():
+            # A directory left by an object whose row was lost is never reused silently.
+            if ctx.storage.exists("volume", caller.tenant_id, body.volume_id):
+                raise Conflict(f"Storage for volume '{body.volume_id}' already exists on disk (left from an "
+                               "earlier volume); an operator must remove or rename it first.")
+            ctx.storage.create_volume(caller.tenant_id, body.volume_id)
+        row.status = "AVAILABLE"
+        return ok(volume_view(row), "Volume created successfully.")
+
+
+@router.get("/{volume_id}", operation_id="get_volume", summary="get_volume")
+def get_volume(ctx: Ctx, caller: Caller, volume_id: str) -> JSONResponse:
+    with transaction(ctx.sessions) as s:
+        row = load_volume(s, caller, volume_id, Level.READ)
+        _refresh_size(ctx, row)
+        return ok(volume_view(row))
+
+
+@router.put("/{volume_id}", operation_id="update_volume", summary="update_volume")
+def update_volume(ctx: Ctx, caller: Caller, volume_id: str, body: UpdateVolume) -> JSONResponse:
+    sent = body.model_dump(include=body.model_fields_set)
+    with transaction(ctx.sessions) as s:
+        row = load_volume(s, caller, volume_id, Level.USER)
+        changed = {k: v for k, v in sent.items() if getattr(row, k) != v}
+        if not changed:
+            return JSONResponse(envelope(volume_view(row), "Incoming data made no changes to volume. Is incoming "
+                                         "data equal to current data?", status="error"))
+        for key, value in changed.items():
+            setattr(row, key, value)
+        row.update_ts = repo.utcnow()
+        _refresh_size(ctx, row)
+        return ok(volume_view(row), "Volume updated successfully.")
+
+
+@router.delete("/{volume_id}", operation_id="delete_volume", summary="delete_volume")
+def delete_volume(ctx: Ctx, caller: Caller, volume_id: str, force: bool = False) -> JSONResponse:
+    with transaction(ctx.sessions) as s:
+        row = load_volume(s, caller, volume_id, Level.ADMIN)
+        users = mounting_pods(s, caller.tenant_id, "tapisvolume", volume_id)
+        if users and not force:
+            raise Conflict(f"Volume '{volume_id}' is mounted by pods that are not stopped: {users}. Stop them, "
+                           "or delete with force=true.")
+        sources = [r.snapshot_id for r in s.scalars(select(Snapshot).where(
+            Snapshot.tenant_id == caller.tenant_id, Snapshot.source_volume_id == volume_id, Snapshot.cron != ""))]
+        if sources and not force:
+            raise Conflict(f"Volume '{volume_id}' is the source of scheduled snapshots {sources}; delete them or "
+                           "use force=true.")
+        s.delete(row)
+        repo.delete_object_grants(s, "volume", caller.tenant_id, volume_id)
+        s.flush()
+        with storage_errors():
+            ctx.storage.delete_volume(caller.tenant_id, volume_id)
+    return ok("", "Volume successfully deleted.")
+
+
+@router.get("/{volume_id}/list", operation_id="list_volume_files", summary="list_volume_files")
+def list_volume_files(ctx: Ctx, caller: Caller, volume_id: str, path: str = "") -> JSONResponse:
+    with transaction(ctx.sessions) as s:
+        load_volume(s, caller, volume_id, Level.READ)
+    with storage_errors():
+        files = ctx.storage.list_files("volume", caller.tenant_id, volume_id, path)
+    return ok([f.to_dict() for f in files])
+
+
+@router.get("/{volume_id}/contents/{path:path}", operation_id="get_volume_contents", summary="get_volume_contents")
+def get_volume_contents(ctx: Ctx, caller: Caller, volume_id: str, path: str, zip: bool = False):
+    with transaction(ctx.sessions) as s:
+        load_volume(s, caller, volume_id, Level.USER)
+    return file_response(ctx.storage, "volume", caller.tenant_id, volume_id, path, zip)
+
+
+@router.post("/{volume_id}/upload/{path:path}", operation_id="upload_to_volume", summary="upload_to_volume")
+async def upload_to_volume(ctx: Ctx, caller: Caller, volume_id: str, path: str, request: Request,
+                           overwrite: bool = False) -> JSONResponse:
+    def check() -> int:
+        with transaction(ctx.sessions) as s:
+            return load_volume(s, caller, volume_id, Level.USER).size_limit
+
+    size_limit = await asyncio.to_thread(check)
+    if not path.strip("/"):
+        raise BadRequest(["path: the destination file path inside the volume is required."])
+    form = await request.form(max_files=1, max_fields=5)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest(["file: a file part named 'file' is required."])
+
+        async def chunks():
+            while chunk := await upload.read(1024 * 1024):
+                yield chunk
+
+        with storage_errors():
+            info = await ctx.storage.awrite_file(caller.tenant_id, volume_id, path, chunks(),
+                                                 size_limit_bytes=size_limit * MB, overwrite=overwrite)
+    finally:
+        await form.close()
+    return ok(info.to_dict(), f"File uploaded to {info.path}.")
+
+
+@router.get("/{volume_id}/permissions", operation_id="get_volume_permissions", summary="get_volume_permissions")
+def get_volume_permissions(ctx: Ctx, caller: Caller, volume_id: str) -> JSONResponse:
+    return perms.get_permissions(ctx, caller, "volume", volume_id, _exists(volume_id, caller.tenant_id))
+
+
+@router.post("/{volume_id}/permissions", operation_id="set_volume_permission", summary="set_volume_permission")
+def set_volume_permission(ctx: Ctx, caller: Caller, volume_id: str, body: SetPermission) -> JSONResponse:
+    return perms.set_permission(ctx, caller, "volume", volume_id, _exists(volume_id, caller.tenant_id), body)
+
+
+@router.delete("/{volume_id}/permissions/{user}", operation_id="delete_volume_permission",
+               summary="delete_volume_permission")
+def delete_volume_permission(ctx: Ctx, caller: Caller, volume_id: str, user: str) -> JSONResponse:
+    return perms.delete_permission(ctx, caller, "volume", volume_id, _exists(volume_id, caller.tenant_id), user)

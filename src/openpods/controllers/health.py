@@ -1,0 +1,241 @@
+"""The health loop: every pass lists the runtime ONCE, reads every pod of every tenant once, and reconciles each
+pod with :func:`openpods.domain.reconcile.decide`. Engine calls per pass therefore grow with the number of
+*changes* (removals, log captures), not with the number of pods. Container logs of running pods are refreshed
+by a separate, slower loop (and on demand by the API)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
+
+from openpods.api.context import AppContext
+from openpods.bus.base import HEALTH, SPAWNER, Wakeup
+from openpods.domain import status as st
+from openpods.domain.container_spec import container_name
+from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide
+from openpods.runtimes.base import ContainerState, RuntimeFailure
+from openpods.services import pods as pod_svc
+from openpods.store import repo
+from openpods.store.db import transaction
+from openpods.store.tables import Pod, PodLog
+
+log = logging.getLogger(__name__)
+PASS_SECONDS = Histogram("openpods_health_pass_seconds", "Duration of one health pass.")
+ENGINE_CALLS = Counter("openpods_health_engine_calls_total", "Container engine calls made by the health loop.",
+                       ["call"])
+ORPHANS = Counter("openpods_orphan_containers_removed_total", "Containers removed because no pod owns them.")
+
+
+@dataclass
+class PassStats:
+    pods: int = 0
+    containers: int = 0
+    engine_calls: int = 0
+    changes: int = 0
+    seconds: float = 0.0
+
+
+def _facts(pod: Pod) -> PodFacts:
+    return PodFacts(status=pod.status, status_requested=pod.status_requested, status_since=pod.status_since,
+                    instance_id=pod.instance_id, start_instance_ts=pod.start_instance_ts,
+                    time_to_stop_default=pod.time_to_stop_default, time_to_stop_instance=pod.time_to_stop_instance,
+                    time_to_stop_ts=pod.time_to_stop_ts)
+
+
+def _container_facts(c: ContainerState) -> ContainerFacts:
+    return ContainerFacts(state=c.state, instance_id=c.instance_id or "", exit_code=c.exit_code,
+                          started_at=c.started_at, message=c.message)
+
+
+class Health:
+    def __init__(self, ctx: AppContext, *, clock: Callable | None = None) -> None:
+        self.ctx = ctx
+        self.clock = clock or ctx.clock
+        self.last = PassStats()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.pass_once()
+            except Exception:
+                log.exception("health pass failed; retrying")
+            await self.ctx.bus.wait(HEALTH, self.ctx.settings.health_interval_sec)
+
+    async def pass_once(self) -> PassStats:
+        started = time.perf_counter()
+        stats = PassStats()
+        runtime = self.ctx.runtime
+        containers: dict[tuple[str, str], ContainerState] = {}
+        listed_at = self.clock()
+        if runtime is not None:
+            try:
+                listed = await runtime.list_managed()
+            except RuntimeFailure as exc:
+                log.warning("health pass skipped: container engine unavailable: %s", exc)
+                return stats
+            stats.engine_calls += 1
+            ENGINE_CALLS.labels("list").inc()
+            for c in listed:
+                if c.tenant_id and c.pod_id:
+                    containers[(c.tenant_id, c.pod_id)] = c
+            stats.containers = len(listed)
+        # Pods are read after the list call: a container listed above whose pod row is gone is an orphan.
+        pods = await asyncio.to_thread(self._load_pods)
+        stats.pods = len(pods)
+        known = {(p.tenant_id, p.pod_id) for p in pods}
+        for key, c in containers.items():
+            if key not in known:
+                await self._remove(c.name, stats)
+                ORPHANS.inc()
+                log.info("removed orphan container %s", c.name)
+        now = self.clock()
+        deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
+        problem = self.ctx.runtime_problem if runtime is None else ""
+        for pod in pods:
+            container = containers.get((pod.tenant_id, pod.pod_id))
+            if runtime is None and pod.status not in (st.REQUESTED, st.STOPPED):
+                continue  # without an engine, nothing can be observed: never conclude a container is gone
+            facts = _facts(pod)
+            cfacts = _container_facts(container) if container else None
+            decision = decide(facts, cfacts, now=now, listed_at=listed_at, deadline=deadline,
+                              runtime_problem=problem)
+            if runtime is None:
+                decision.remove_container = False
+            if decision.is_noop() or (decision.status_container == pod.status_container and
+                                      decision == Decision(status_container=decision.status_container)):
+                continue
+            stats.changes += 1
+            await self._apply(pod, container, decision, stats)
+        stats.seconds = time.perf_counter() - started
+        PASS_SECONDS.observe(stats.seconds)
+        self.last = stats
+        return stats
+
+    def _load_pods(self) -> list[Pod]:
+        with self.ctx.sessions() as s:
+            return list(s.scalars(select(Pod)))
+
+    async def _remove(self, name: str, stats: PassStats) -> bool:
+        assert self.ctx.runtime is not None
+        try:
+            await self.ctx.runtime.remove(name, self.ctx.settings.container_stop_timeout_sec)
+        except RuntimeFailure as exc:
+            log.warning("could not remove container %s: %s", name, exc)
+            return False
+        finally:
+            stats.engine_calls += 1
+            ENGINE_CALLS.labels("remove").inc()
+        return True
+
+    async def capture_logs(self, tenant_id: str, pod_id: str, instance_id: str, stats: PassStats | None = None) -> None:
+        runtime = self.ctx.runtime
+        if runtime is None:
+            return
+        try:
+            text = await runtime.logs(container_name(tenant_id, pod_id), self.ctx.settings.logs_max_bytes)
+        except RuntimeFailure:
+            return
+        if stats is not None:
+            stats.engine_calls += 1
+            ENGINE_CALLS.labels("logs").inc()
+        await asyncio.to_thread(store_logs, self.ctx, tenant_id, pod_id, instance_id, text)
+
+    async def _apply(self, pod: Pod, container: ContainerState | None, d: Decision, stats: PassStats) -> None:
+        if d.capture_logs and container is not None:
+            await self.capture_logs(pod.tenant_id, pod.pod_id, container.instance_id or pod.instance_id, stats)
+        if d.remove_container and container is not None:
+            removed = await self._remove(container.name, stats)
+            if not removed:
+                d.remove_container = False
+            elif not d.status or d.status == st.DELETING:
+                # Gone now: decide again as if listed without it, to finish in this pass.
+                facts = _facts(pod)
+                if d.status:
+                    facts = PodFacts(**{**facts.__dict__, "status": d.status})
+                follow = decide(facts, None, now=self.clock(), listed_at=self.clock(),
+                                deadline=timedelta(seconds=self.ctx.settings.stuck_deadline_sec))
+                if d.log and follow.log:
+                    follow.log = f"{d.log}; {follow.log}"
+                d = follow if not follow.is_noop() else d
+        await asyncio.to_thread(self._write, pod.tenant_id, pod.pod_id, pod.revision, d)
+        if d.wake_spawner:
+            self.ctx.bus.publish(Wakeup(SPAWNER, pod.tenant_id, pod.pod_id))
+
+    def _write(self, tenant_id: str, pod_id: str, revision: int, d: Decision) -> None:
+        try:
+            with transaction(self.ctx.sessions) as s:
+                pod = s.get(Pod, (tenant_id, pod_id))
+                if pod is None or pod.revision != revision:
+                    return  # changed since we looked; the next pass decides again
+                now = repo.utcnow()
+                if d.status and d.status != pod.status:
+                    pod.status = d.status
+                    pod.status_since = now
+                if d.status_requested:
+                    pod.status_requested = d.status_requested
+                if d.clear_instance:
+                    pod.start_instance_ts = None
+                    pod.time_to_stop_ts = None
+                    pod.time_to_stop_instance = None
+                    pod.status_container = {}
+                    pod.host_ports = {}
+                if d.new_instance:
+                    pod.instance_id = uuid.uuid4().hex[:12]
+                if d.status_container is not None:
+                    pod.status_container = d.status_container
+                if d.start_instance_ts is not None:
+                    pod.start_instance_ts = d.start_instance_ts
+                if d.time_to_stop_ts is not False:
+                    pod.time_to_stop_ts = d.time_to_stop_ts  # type: ignore[assignment]
+                if d.log:
+                    repo.add_action_log(s, "pod", tenant_id, pod_id, "health", d.log)
+        except StaleDataError:
+            return
+
+
+def store_logs(ctx: AppContext, tenant_id: str, pod_id: str, instance_id: str, text: str) -> None:
+    """Keep the latest ``logs_max_bytes`` of one instance's output, with the pod's secret values redacted."""
+    with transaction(ctx.sessions) as s:
+        secrets = pod_svc.secret_values(pod_svc.pod_secrets(s, ctx.secrets, tenant_id, pod_id))
+        text = pod_svc.redact(text, secrets)
+        encoded = text.encode("utf-8", "replace")
+        if len(encoded) > ctx.settings.logs_max_bytes:
+            text = encoded[-ctx.settings.logs_max_bytes:].decode("utf-8", "ignore")
+        row = s.get(PodLog, (tenant_id, pod_id))
+        if row is None:
+            s.add(PodLog(tenant_id=tenant_id, pod_id=pod_id, instance_id=instance_id, logs=text,
+                         updated_ts=repo.utcnow()))
+        elif row.instance_id in ("", instance_id):
+            row.instance_id, row.logs, row.updated_ts = instance_id, text, repo.utcnow()
+
+
+class LogRefresher:
+    """Refreshes the stored logs of running pods every ``interval`` seconds (one logs call per running pod)."""
+
+    def __init__(self, ctx: AppContext, health: Health, interval: float = 15.0) -> None:
+        self.ctx, self.health, self.interval = ctx, health, interval
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                with self.ctx.sessions() as s:
+                    rows = list(s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.instance_id)
+                                          .where(Pod.status == st.AVAILABLE)))
+                for tenant_id, pod_id, instance_id in rows:
+                    await self.health.capture_logs(tenant_id, pod_id, instance_id)
+            except Exception:
+                log.exception("log refresh failed")
+
+
+def wake_health(ctx: AppContext) -> None:
+    ctx.bus.publish(Wakeup(HEALTH))

@@ -1,0 +1,129 @@
+"""The snapshot scheduler: takes scheduled snapshots on their cron slots and prunes the runs by retention.
+
+Each run is a snapshot of its own (``<id>r<YYYYMMDDHHMMSS>``, parent = the scheduled snapshot, same
+permissions), so it can be listed, downloaded and mounted like any snapshot. Progress is recorded so a killed
+process neither misses nor doubles a run: (1) the run's row (CREATING) and the parent's ``last_run_slot`` are
+committed together; (2) the files are copied; (3) the run becomes AVAILABLE. A CREATING run found later (the
+process died during the copy) is copied again from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import select
+
+from openpods.api.context import AppContext
+from openpods.bus.base import SNAPSHOTS
+from openpods.domain.snapshot_policy import due_runs, select_to_prune
+from openpods.services.snapshots import run_id, take_snapshot
+from openpods.store import repo
+from openpods.store.db import transaction
+from openpods.store.tables import Pod, Snapshot
+
+log = logging.getLogger(__name__)
+RUNS = Counter("openpods_snapshot_runs_total", "Scheduled snapshot runs, by outcome.", ["outcome"])
+PASS_SECONDS = Histogram("openpods_snapshot_pass_seconds", "Duration of one snapshot scheduler pass.")
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class SnapshotScheduler:
+    def __init__(self, ctx: AppContext, *, interval_sec: float = 20.0) -> None:
+        self.ctx = ctx
+        self.interval_sec = interval_sec
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.pass_once)
+            except Exception:
+                log.exception("snapshot scheduler pass failed; retrying")
+            await self.ctx.bus.wait(SNAPSHOTS, self.interval_sec)
+
+    def pass_once(self) -> None:
+        with PASS_SECONDS.time():
+            self._resume_interrupted()
+            now = self.ctx.clock()
+            with self.ctx.sessions() as s:
+                scheduled = [(r.tenant_id, r.snapshot_id) for r in s.scalars(
+                    select(Snapshot).where(Snapshot.cron != "", Snapshot.parent_snapshot_id == ""))]
+            for tenant_id, snapshot_id in scheduled:
+                try:
+                    self._run_if_due(tenant_id, snapshot_id, now)
+                    self._prune(tenant_id, snapshot_id, now)
+                except Exception:
+                    RUNS.labels("error").inc()
+                    log.exception("scheduled snapshot %s/%s failed", tenant_id, snapshot_id)
+
+    def _run_if_due(self, tenant_id: str, snapshot_id: str, now: datetime) -> None:
+        with transaction(self.ctx.sessions) as s:
+            parent = s.get(Snapshot, (tenant_id, snapshot_id))
+            if parent is None or not parent.cron:
+                return
+            slot = due_runs(parent.cron, parent.last_run_slot, parent.creation_ts, _aware(now))
+            if slot is None:
+                return
+            slot_naive = slot.astimezone(UTC).replace(tzinfo=None)
+            child_id = run_id(snapshot_id, slot_naive)
+            parent.last_run_slot = slot_naive
+            if s.get(Snapshot, (tenant_id, child_id)) is None:
+                stamp = repo.utcnow()
+                s.add(Snapshot(
+                    tenant_id=tenant_id, snapshot_id=child_id, source_volume_id=parent.source_volume_id,
+                    source_volume_path=parent.source_volume_path, destination_path=parent.destination_path,
+                    description=f"Scheduled run of {snapshot_id} for {slot_naive:%Y-%m-%d %H:%M} UTC",
+                    size_limit=parent.size_limit, size=0, status="CREATING", cron="", retention_policy="",
+                    parent_snapshot_id=snapshot_id, last_run_slot=None, creation_ts=slot_naive, update_ts=stamp))
+                for user, level in repo.grants(s, "snapshot", tenant_id, snapshot_id).items():
+                    repo.set_grant(s, "snapshot", tenant_id, child_id, user, level)
+        self._copy(tenant_id, child_id)
+
+    def _copy(self, tenant_id: str, child_id: str) -> None:
+        with transaction(self.ctx.sessions) as s:
+            row = s.get(Snapshot, (tenant_id, child_id))
+            if row is None or row.status != "CREATING":
+                return
+            self.ctx.storage.delete_snapshot(tenant_id, child_id)  # a partial copy of a killed run, if any
+            try:
+                take_snapshot(self.ctx.storage, row)
+                RUNS.labels("taken").inc()
+            except Exception as exc:
+                row.status = "ERROR"
+                row.description = f"{row.description} — failed: {exc}"[:255]
+                RUNS.labels("failed").inc()
+            row.update_ts = repo.utcnow()
+
+    def _resume_interrupted(self) -> None:
+        with self.ctx.sessions() as s:
+            pending = [(r.tenant_id, r.snapshot_id) for r in s.scalars(
+                select(Snapshot).where(Snapshot.status == "CREATING", Snapshot.parent_snapshot_id != ""))]
+        for tenant_id, child_id in pending:
+            self._copy(tenant_id, child_id)
+
+    def _prune(self, tenant_id: str, snapshot_id: str, now: datetime) -> None:
+        with transaction(self.ctx.sessions) as s:
+            parent = s.get(Snapshot, (tenant_id, snapshot_id))
+            if parent is None or not parent.retention_policy:
+                return
+            runs = list(s.scalars(select(Snapshot).where(Snapshot.tenant_id == tenant_id,
+                                                         Snapshot.parent_snapshot_id == snapshot_id,
+                                                         Snapshot.status == "AVAILABLE")))
+            doomed = set(select_to_prune([(r.snapshot_id, _aware(r.creation_ts)) for r in runs],
+                                         parent.retention_policy, _aware(now)))
+            if not doomed:
+                return
+            mounted = {key for pod in s.scalars(select(Pod).where(Pod.tenant_id == tenant_id))
+                       for key, m in (pod.volume_mounts or {}).items() if m.get("type") == "tapissnapshot"}
+            for run in runs:
+                if run.snapshot_id in doomed and run.snapshot_id not in mounted:
+                    s.delete(run)
+                    repo.delete_object_grants(s, "snapshot", tenant_id, run.snapshot_id)
+                    s.flush()
+                    self.ctx.storage.delete_snapshot(tenant_id, run.snapshot_id)
+                    RUNS.labels("pruned").inc()

@@ -1,0 +1,144 @@
+"""The spawner: turns REQUESTED pods into containers. Level-triggered: a wake-up makes it scan the database for
+REQUESTED + ON pods, so lost or duplicate messages change nothing. Each pod is claimed with an optimistic lock
+(REQUESTED → SPAWNER SETUP), its container is created idempotently (deterministic name + instance label), and
+only then is the pod marked CREATING. A spawner killed half-way leaves SPAWNER SETUP, which the health loop
+re-drives after its deadline; ensure_running then finds or replaces the container, never duplicating it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from prometheus_client import Counter
+from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
+
+from openpods.api.context import AppContext
+from openpods.bus.base import SPAWNER
+from openpods.domain import status as st
+from openpods.domain.container_spec import ContainerSpec
+from openpods.runtimes.base import RuntimeErrorPermanent, RuntimeFailure
+from openpods.services.spawn import SpawnRefused, build_spec
+from openpods.store import repo
+from openpods.store.db import transaction
+from openpods.store.tables import Pod, PodLog
+
+log = logging.getLogger(__name__)
+SPAWNS = Counter("openpods_spawns_total", "Pod instances the spawner started, by outcome.", ["outcome"])
+
+
+class Spawner:
+    def __init__(self, ctx: AppContext, *, concurrency: int = 4, idle_rescan_sec: float = 10.0) -> None:
+        self.ctx = ctx
+        self.concurrency = concurrency
+        self.idle_rescan_sec = idle_rescan_sec
+        self._inflight: set[tuple[str, str]] = set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.pass_once()
+            except Exception:
+                log.exception("spawner pass failed; retrying")
+            await self.ctx.bus.wait(SPAWNER, self.idle_rescan_sec)
+
+    async def pass_once(self) -> None:
+        if self.ctx.runtime is None:
+            return  # pods wait in REQUESTED; the health loop shows why
+        keys = await asyncio.to_thread(self._requested)
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(key: tuple[str, str]) -> None:
+            async with sem:
+                await self.spawn(*key)
+
+        await asyncio.gather(*(one(k) for k in keys if k not in self._inflight))
+
+    def _requested(self) -> list[tuple[str, str]]:
+        with self.ctx.sessions() as s:
+            rows = s.execute(select(Pod.tenant_id, Pod.pod_id).where(Pod.status == st.REQUESTED,
+                                                                     Pod.status_requested == st.ON))
+            return [(r[0], r[1]) for r in rows]
+
+    def _claim(self, tenant_id: str, pod_id: str) -> tuple[str, ContainerSpec | str] | None:
+        """REQUESTED+ON → SPAWNER SETUP. Returns (instance, spec or refusal message) or None if not ours."""
+        try:
+            with transaction(self.ctx.sessions) as s:
+                pod = s.get(Pod, (tenant_id, pod_id))
+                if pod is None or pod.status != st.REQUESTED or pod.status_requested != st.ON:
+                    return None
+                if not pod.instance_id:
+                    pod.instance_id = uuid.uuid4().hex[:12]
+                pod.status = st.SPAWNER_SETUP
+                pod.status_since = repo.utcnow()
+                repo.add_action_log(s, "pod", tenant_id, pod_id, "spawner", "spawner set status to SPAWNER SETUP")
+                # A new instance starts with empty logs (the previous ones were kept until now).
+                logs = s.get(PodLog, (tenant_id, pod_id))
+                if logs is None:
+                    s.add(PodLog(tenant_id=tenant_id, pod_id=pod_id, instance_id=pod.instance_id, logs="",
+                                 updated_ts=repo.utcnow()))
+                elif logs.instance_id != pod.instance_id:
+                    logs.instance_id, logs.logs, logs.updated_ts = pod.instance_id, "", repo.utcnow()
+                try:
+                    spec: ContainerSpec | str = build_spec(self.ctx, s, pod)
+                except SpawnRefused as exc:
+                    spec = str(exc)
+                return pod.instance_id, spec
+        except StaleDataError:
+            return None  # someone else changed the pod first; the next pass sees the new state
+
+    def _finish(self, tenant_id: str, pod_id: str, instance: str, status: str, message: str,
+                host_ports: dict[str, int] | None = None) -> bool:
+        try:
+            with transaction(self.ctx.sessions) as s:
+                pod = s.get(Pod, (tenant_id, pod_id))
+                if pod is None or pod.status != st.SPAWNER_SETUP or pod.instance_id != instance:
+                    return False
+                pod.status = status
+                pod.status_since = repo.utcnow()
+                if host_ports is not None:
+                    pod.host_ports = host_ports
+                phase = {st.CREATING: "Pending", st.ERROR: "Failed"}.get(status, "Pending")
+                pod.status_container = {"phase": phase, "start_time": None, "message": message}
+                repo.add_action_log(s, "pod", tenant_id, pod_id, "spawner",
+                                    f"spawner set status to {status}" + (f": {message}" if status != st.CREATING
+                                                                         else ""))
+                return True
+        except StaleDataError:
+            return False
+
+    async def spawn(self, tenant_id: str, pod_id: str) -> None:
+        key = (tenant_id, pod_id)
+        self._inflight.add(key)
+        try:
+            claim = await asyncio.to_thread(self._claim, tenant_id, pod_id)
+            if claim is None:
+                return
+            instance, spec = claim
+            if isinstance(spec, str):
+                SPAWNS.labels("refused").inc()
+                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.ERROR, spec)
+                return
+            runtime = self.ctx.runtime
+            if runtime is None:
+                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
+                                        self.ctx.runtime_problem or "No container runtime is available.")
+                return
+            try:
+                state = await runtime.ensure_running(spec)
+            except RuntimeErrorPermanent as exc:
+                SPAWNS.labels("error").inc()
+                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.ERROR, str(exc))
+                return
+            except RuntimeFailure as exc:
+                SPAWNS.labels("retry").inc()
+                log.warning("spawn of %s/%s failed temporarily: %s", tenant_id, pod_id, exc)
+                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
+                                        f"Waiting for the container engine: {exc}")
+                return
+            SPAWNS.labels("created").inc()
+            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.CREATING,
+                                    "Container created.", dict(state.host_ports))
+        finally:
+            self._inflight.discard(key)

@@ -1,0 +1,196 @@
+"""The health loop's decision for one pod: a pure function of the desired state (the pod row), what the engine
+reported (one list call per pass) and the time. The controller applies the decision; nothing here does I/O.
+
+Rules (Tapis semantics, with its stuck states fixed):
+
+- ``OFF``/``RESTART`` and a container exists → ``DELETING``, remove it; no container → ``STOPPED`` (instance fields
+  cleared); ``RESTART`` then becomes ``ON`` and the pod is ``REQUESTED`` again with a new instance.
+- ``ON``:
+  - ``STOPPED`` → ``REQUESTED`` (new instance; the spawner is woken).
+  - ``REQUESTED`` past the deadline → the spawner is woken again (re-drive); with no runtime, the reason is shown.
+  - ``SPAWNER SETUP`` past the deadline (a spawner died mid-way) → ``REQUESTED`` again.
+  - ``CREATING``/``AVAILABLE`` with a running container of this instance → ``AVAILABLE`` (``start_instance_ts``
+    set the first time), ``time_to_stop_ts`` recomputed, and past it → ``status_requested = OFF``.
+  - container exited 0 → ``COMPLETE``; exited non-zero → ``ERROR`` with the exit code; logs captured once.
+  - ``CREATING``/``AVAILABLE`` whose container vanished (removed behind our back) → ``STOPPED``, which the next
+    rule turns into a fresh ``REQUESTED``.
+  - ``DELETING`` (a start while stopping) → finish the removal first.
+- A container of another instance than the pod's current one is stale and removed (unless the spawner is
+  replacing it right now).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from openpods.domain import status as st
+from openpods.domain.pods import time_to_stop_ts
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    status: str
+    status_requested: str
+    status_since: datetime
+    instance_id: str
+    start_instance_ts: datetime | None
+    time_to_stop_default: int | None
+    time_to_stop_instance: int | None
+    time_to_stop_ts: datetime | None
+
+
+@dataclass(frozen=True)
+class ContainerFacts:
+    state: str  # created | running | exited | unknown
+    instance_id: str
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    message: str = ""
+
+
+@dataclass
+class Decision:
+    """What to change. ``None`` fields mean "leave as is"."""
+
+    status: str | None = None
+    log: str = ""  # action-log line (empty: nothing worth logging)
+    status_container: dict[str, Any] | None = None
+    status_requested: str | None = None
+    remove_container: bool = False
+    new_instance: bool = False  # start a new instance (fresh instance id), i.e. REQUESTED again
+    clear_instance: bool = False  # STOPPED: clear start_instance_ts, time_to_stop_*, status_container
+    start_instance_ts: datetime | None = None
+    time_to_stop_ts: datetime | bool | None = False  # False = unchanged
+    capture_logs: bool = False
+    wake_spawner: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def is_noop(self) -> bool:
+        return self == Decision()
+
+
+def _phase(container: ContainerFacts) -> str:
+    return {"running": "Running", "created": "Pending", "exited": "Succeeded" if container.exit_code == 0 else
+            "Failed"}.get(container.state, "Unknown")
+
+
+def _container_status(container: ContainerFacts, message: str) -> dict[str, Any]:
+    started = container.started_at.replace(tzinfo=None).isoformat() if container.started_at else None
+    return {"phase": _phase(container), "start_time": started, "message": message}
+
+
+def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, listed_at: datetime,
+           deadline: timedelta, runtime_problem: str = "") -> Decision:
+    """``container`` is the pod's container as listed at ``listed_at`` (None: there was none). ``now`` and
+    ``listed_at`` are naive UTC like the stored timestamps."""
+    d = Decision()
+    stale = container is not None and container.instance_id != pod.instance_id
+    if stale and pod.status != st.SPAWNER_SETUP:
+        # A leftover of an earlier instance: remove it; the rules below see "no container".
+        d.remove_container = True
+        d.log = "health removed a container of an earlier instance"
+        container = None
+    elif stale:
+        container = None  # the spawner is replacing it right now
+    # Only trust "no container" for a status that was set before the list call was made.
+    settled = pod.status_since <= listed_at
+    overdue = now - pod.status_since > deadline
+
+    if pod.status_requested in (st.OFF, st.RESTART):
+        if container is not None:
+            if container.state == "exited" and pod.status not in (st.DELETING, st.STOPPED):
+                d.capture_logs = True
+            d.remove_container = True
+            if pod.status != st.DELETING:
+                d.status = st.DELETING
+                d.log = f"health found {pod.status_requested} pod with a container, set status to DELETING"
+            return d
+        if pod.status == st.SPAWNER_SETUP and not overdue:
+            return d  # the spawner will notice OFF; wait for it
+        if pod.status != st.STOPPED:
+            d.status = st.STOPPED
+            d.clear_instance = True
+            d.log = "health set status to STOPPED"
+        if pod.status_requested == st.RESTART:
+            d.status_requested = st.ON
+            d.status = st.REQUESTED
+            d.new_instance = True
+            d.clear_instance = True
+            d.wake_spawner = True
+            d.log = "health restarted pod: set status to REQUESTED, set to ON"
+        return d
+
+    # --- status_requested == ON
+    if pod.status == st.STOPPED:
+        d.status = st.REQUESTED
+        d.new_instance = True
+        d.wake_spawner = True
+        d.log = "health found ON pod set to STOPPED, set status to REQUESTED"
+        return d
+    if pod.status == st.REQUESTED:
+        if runtime_problem:
+            d.status_container = {"phase": "Pending", "start_time": None, "message": runtime_problem}
+        if overdue:
+            d.wake_spawner = True
+        return d
+    if pod.status == st.SPAWNER_SETUP:
+        if overdue and container is None:
+            d.status = st.REQUESTED
+            d.wake_spawner = True
+            d.log = f"health re-requested pod stuck in SPAWNER SETUP for over {deadline.total_seconds():.0f}s"
+        return d
+    if pod.status == st.DELETING:
+        if container is not None:
+            d.remove_container = True
+        elif settled:
+            d.status = st.STOPPED
+            d.clear_instance = True
+            d.log = "health set status to STOPPED"
+        return d
+    if pod.status in st.FINISHED:
+        return d  # final for this instance; start/restart begins a new one
+
+    # --- CREATING or AVAILABLE
+    if container is None:
+        if settled:
+            d.status = st.STOPPED
+            d.clear_instance = True
+            d.log = f"health found no container for {pod.status} pod, set status to STOPPED"
+        return d
+    if container.state == "running":
+        start = pod.start_instance_ts
+        if pod.status != st.AVAILABLE or start is None:
+            start = (container.started_at.replace(tzinfo=None) if container.started_at else now)
+            d.status = st.AVAILABLE
+            d.start_instance_ts = start
+            d.log = "health set status to AVAILABLE"
+            d.status_container = _container_status(container, "Container is running.")
+        deadline_ts = time_to_stop_ts(start, pod.time_to_stop_default, pod.time_to_stop_instance)
+        if deadline_ts != pod.time_to_stop_ts:
+            d.time_to_stop_ts = deadline_ts
+        if deadline_ts is not None and now >= deadline_ts:
+            d.status_requested = st.OFF
+            d.log = "health set pod to OFF due to time_to_stop trigger"
+        return d
+    if container.state == "exited":
+        d.capture_logs = True
+        if container.exit_code == 0:
+            d.status = st.COMPLETE
+            d.log = "health found container exited with code 0, set status to COMPLETE"
+            d.status_container = _container_status(container, "Container completed (exit code 0).")
+        else:
+            code = "unknown" if container.exit_code is None else container.exit_code
+            d.status = st.ERROR
+            message = f"Container exited with code {code}. {container.message}".strip()
+            d.log = f"health found container failed, set status to ERROR: {message}"
+            d.status_container = _container_status(container, message)
+        return d
+    # created (not started yet) or unknown: give it until the deadline, then re-drive.
+    if overdue:
+        d.remove_container = True
+        d.status = st.REQUESTED
+        d.wake_spawner = True
+        d.log = f"health re-requested pod: container stayed '{container.state}' ({container.message})"
+    return d
