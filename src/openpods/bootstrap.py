@@ -7,7 +7,13 @@ import os
 import sys
 
 from openpods.api.context import AppContext
-from openpods.auth.tokens import SecretBox, TokenService, hash_password, load_or_create_secret, random_password
+from openpods.auth.tokens import (
+    SecretBox,
+    TokenService,
+    hash_password,
+    load_or_create_secret,
+    random_password,
+)
 from openpods.bus.base import Bus
 from openpods.bus.memory import MemoryBus
 from openpods.config import Settings
@@ -33,8 +39,12 @@ def build_context(settings: Settings, *, migrate: bool = True, bus: Bus | None =
         db.upgrade(engine)
     keys = settings.data_dir / "keys"
     ctx = AppContext(
-        settings=settings, engine=engine, sessions=db.make_sessionmaker(engine), tokens=TokenService(settings),
-        secrets=SecretBox(keys), bus=bus or make_bus(settings),
+        settings=settings,
+        engine=engine,
+        sessions=db.make_sessionmaker(engine),
+        tokens=TokenService(settings),
+        secrets=SecretBox(keys),
+        bus=bus or make_bus(settings),
         proxy_secret=settings.proxy_secret or load_or_create_secret(keys / "proxy-secret"),
     )
     return ctx
@@ -48,11 +58,36 @@ def ensure_admin(ctx: AppContext, *, announce: bool = True) -> str | None:
         if repo.get_user(s, tenant, "admin") is not None:
             return None
         password = ctx.settings.admin_password or random_password(20)
-        s.add(User(tenant_id=tenant, username="admin", password_hash=hash_password(password), is_admin=True,
-                   created_at=repo.utcnow()))
+        s.add(
+            User(
+                tenant_id=tenant,
+                username="admin",
+                password_hash=hash_password(password),
+                is_admin=True,
+                created_at=repo.utcnow(),
+            )
+        )
     if ctx.settings.admin_password:
         return None
     if announce:
-        print(f"Created site admin 'admin' in tenant '{tenant}' with password: {password}\n"
-              "(shown once; set OPENPODS_ADMIN_PASSWORD to choose it)", file=sys.stderr, flush=True)
+        print(
+            f"Created site admin 'admin' in tenant '{tenant}' with password: {password}\n"
+            "(shown once; set OPENPODS_ADMIN_PASSWORD to choose it)",
+            file=sys.stderr,
+            flush=True,
+        )
     return password
+
+
+def ensure_starter_catalog(ctx: AppContext) -> None:
+    """On first start, the shipped template catalog is imported into the default tenant, public (``*`` READ)
+    and owned by ``admin``. A marker file keeps later starts from re-adding templates an admin deleted."""
+    from openpods.services.catalog import import_catalog
+
+    marker = ctx.settings.data_dir / ".starter-catalog-imported"
+    if marker.exists():
+        return
+    with db.transaction(ctx.sessions) as s:
+        report = import_catalog(s, ctx.settings.default_tenant, "admin", allow_images=True)
+    marker.write_text("\n".join(report.created) + "\n")
+    log.info("imported starter templates: %s", ", ".join(report.created) or "none")

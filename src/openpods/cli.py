@@ -12,8 +12,9 @@ from rich.table import Table
 
 from openpods.config import Settings, field_help
 
-app = typer.Typer(help="OpenPods: a self-hosted Tapis Pods service.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="OpenPods: a self-hosted Tapis Pods service.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 users_app = typer.Typer(help="Users of the embedded authenticator.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 templates_app = typer.Typer(help="Template catalog.", no_args_is_help=True)
@@ -33,8 +34,10 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
@@ -47,7 +50,9 @@ def serve(
     base_url: Annotated[str | None, typer.Option(help=field_help("base_url"))] = None,
     runtime: Annotated[str | None, typer.Option(help=field_help("runtime"))] = None,
     docker_host: Annotated[str | None, typer.Option(help=field_help("docker_host"))] = None,
-    proxy: Annotated[bool | None, typer.Option("--proxy/--no-proxy", help=field_help("proxy_enabled"))] = None,
+    proxy: Annotated[
+        bool | None, typer.Option("--proxy/--no-proxy", help=field_help("proxy_enabled"))
+    ] = None,
     proxy_http_port: Annotated[int | None, typer.Option(help=field_help("proxy_http_port"))] = None,
     proxy_https_port: Annotated[int | None, typer.Option(help=field_help("proxy_https_port"))] = None,
     domain: Annotated[str | None, typer.Option(help=field_help("domain"))] = None,
@@ -57,18 +62,31 @@ def serve(
     from openpods.server import run
 
     _logging(log_level)
-    settings = load_settings(data_dir=data_dir, config_file=config, host=host, port=port,
-                             database_url=database_url, base_url=base_url, runtime=runtime,
-                             docker_host=docker_host, proxy_enabled=proxy, proxy_http_port=proxy_http_port,
-                             proxy_https_port=proxy_https_port, domain=domain)
+    settings = load_settings(
+        data_dir=data_dir,
+        config_file=config,
+        host=host,
+        port=port,
+        database_url=database_url,
+        base_url=base_url,
+        runtime=runtime,
+        docker_host=docker_host,
+        proxy_enabled=proxy,
+        proxy_http_port=proxy_http_port,
+        proxy_https_port=proxy_https_port,
+        domain=domain,
+    )
     run(settings, roles=("api", "spawner", "health", "proxy"))
 
 
 @app.command()
-def api(data_dir: DataDir = None, config: ConfigFile = None,
-        host: Annotated[str | None, typer.Option(help=field_help("host"))] = None,
-        port: Annotated[int | None, typer.Option(help=field_help("port"))] = None,
-        log_level: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
+def api(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    host: Annotated[str | None, typer.Option(help=field_help("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=field_help("port"))] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
     """Run only the API (cluster shape)."""
     from openpods.server import run
 
@@ -77,8 +95,11 @@ def api(data_dir: DataDir = None, config: ConfigFile = None,
 
 
 @app.command()
-def spawner(data_dir: DataDir = None, config: ConfigFile = None,
-            log_level: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
+def spawner(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
     """Run only the spawner (cluster shape)."""
     from openpods.server import run
 
@@ -87,8 +108,11 @@ def spawner(data_dir: DataDir = None, config: ConfigFile = None,
 
 
 @app.command()
-def health(data_dir: DataDir = None, config: ConfigFile = None,
-           log_level: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
+def health(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
     """Run only the health loop and the snapshot scheduler (cluster shape)."""
     from openpods.server import run
 
@@ -132,14 +156,23 @@ def users_add(
     with transaction(ctx.sessions) as s:
         user = repo.get_user(s, tenant_id, name)
         if user is None:
-            s.add(User(tenant_id=tenant_id, username=name, password_hash=hash_password(password),
-                       is_admin=admin, created_at=repo.utcnow()))
+            s.add(
+                User(
+                    tenant_id=tenant_id,
+                    username=name,
+                    password_hash=hash_password(password),
+                    is_admin=admin,
+                    created_at=repo.utcnow(),
+                )
+            )
             action = "added"
         else:
             user.password_hash = hash_password(password)
             user.is_admin = admin or user.is_admin
             action = "updated"
-    console.print(f"User [bold]{name}[/bold] {action} in tenant {tenant_id}" + (" (site admin)" if admin else ""))
+    console.print(
+        f"User [bold]{name}[/bold] {action} in tenant {tenant_id}" + (" (site admin)" if admin else "")
+    )
 
 
 @users_app.command("list")
@@ -154,14 +187,56 @@ def users_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     table = Table("tenant", "username", "site admin", "created")
     with ctx.sessions() as s:
         for user in s.scalars(select(User).order_by(User.tenant_id, User.username)):
-            table.add_row(user.tenant_id, user.username, "yes" if user.is_admin else "",
-                          f"{user.created_at:%Y-%m-%d %H:%M}")
+            table.add_row(
+                user.tenant_id,
+                user.username,
+                "yes" if user.is_admin else "",
+                f"{user.created_at:%Y-%m-%d %H:%M}",
+            )
     Console().print(table)
 
 
+@templates_app.command("import")
+def templates_import(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="Directory of template files (YAML/JSON); default: the shipped starter catalog."),
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Tenant to import into (default: the default tenant).")
+    ] = None,
+    owner: Annotated[str, typer.Option(help="User who gets ADMIN on new templates.")] = "admin",
+    public: Annotated[
+        bool, typer.Option("--public/--private", help="Give every user of the tenant READ.")
+    ] = True,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Import templates and their tags (idempotent: unchanged tags are not added again)."""
+    from openpods.bootstrap import build_context
+    from openpods.catalog import CatalogError
+    from openpods.services.catalog import import_catalog
+    from openpods.store.db import transaction
+
+    settings = load_settings(data_dir=data_dir, config_file=config)
+    ctx = build_context(settings)
+    try:
+        with transaction(ctx.sessions) as s:
+            report = import_catalog(s, tenant or settings.default_tenant, owner, directory, public=public)
+    except CatalogError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"created templates: {', '.join(report.created) or '-'}")
+    console.print(f"added tags: {', '.join(report.tags_added) or '-'}")
+    console.print(f"unchanged tags: {len(report.unchanged)}")
+
+
 @db_app.command("upgrade")
-def db_upgrade(data_dir: DataDir = None, config: ConfigFile = None,
-               database_url: Annotated[str | None, typer.Option(help=field_help("database_url"))] = None) -> None:
+def db_upgrade(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    database_url: Annotated[str | None, typer.Option(help=field_help("database_url"))] = None,
+) -> None:
     """Apply database migrations."""
     from openpods.store import db
 

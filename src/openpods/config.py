@@ -21,19 +21,25 @@ class TenantSettings(BaseModel):
     also) trust an external issuer by public key or JWKS URL."""
 
     tenant_id: str = Field(pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Tenant id, e.g. 'tacc'.")
-    base_url: str = Field("", description="Public base URL of this tenant; empty means the service's base URL.")
+    base_url: str = Field(
+        "", description="Public base URL of this tenant; empty means the service's base URL."
+    )
     pods_domain: str = Field(
-        "", description="Pod hostnames are <pod_id>.<pods_domain>; empty means 'pods.<domain>' for the default "
-        "tenant and '<tenant>.pods.<domain>' for the others."
+        "",
+        description="Pod hostnames are <pod_id>.<pods_domain>; empty means 'pods.<domain>' for the default "
+        "tenant and '<tenant>.pods.<domain>' for the others.",
     )
     issuer_public_key: str = Field("", description="PEM public key (RS256) of an external token issuer.")
     issuer_public_key_file: str = Field("", description="Path to such a PEM public key.")
-    jwks_url: str = Field("", description="JWKS URL of an external OIDC issuer whose tokens this tenant accepts.")
+    jwks_url: str = Field(
+        "", description="JWKS URL of an external OIDC issuer whose tokens this tenant accepts."
+    )
     jwks_username_claim: str = Field(
         "preferred_username", description="Claim holding the username in tokens of the JWKS issuer."
     )
     admin_users: list[str] = Field(
-        default_factory=list, description="Usernames that are site admins when authenticated by an external issuer."
+        default_factory=list,
+        description="Usernames that are site admins when authenticated by an external issuer.",
     )
 
 
@@ -41,33 +47,58 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENPODS_", extra="ignore", validate_default=True)
 
     # --- where things live
-    data_dir: Path = Field(Path("./openpods-data"), description="Directory for the database, keys, volumes, "
-                           "logs and TLS material.")
+    data_dir: Path = Field(
+        Path("./openpods-data"),
+        description="Directory for the database, keys, volumes, logs and TLS material.",
+    )
     config_file: Path | None = Field(None, description="Optional TOML file with any of these settings.")
-    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at <data_dir>/openpods.db. "
-                              "PostgreSQL: postgresql+psycopg://user@host/db")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL; empty means SQLite at <data_dir>/openpods.db. "
+        "PostgreSQL: postgresql+psycopg://user@host/db",
+    )
 
     # --- API
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port of the API.")
-    base_url: str = Field("", description="Public base URL of the API (as tapipy's base_url); empty means "
-                          "http://<host>:<port>.")
+    base_url: str = Field(
+        "", description="Public base URL of the API (as tapipy's base_url); empty means http://<host>:<port>."
+    )
     site_id: str = Field("local", description="Site id reported by /v3/sites.")
-    default_tenant: str = Field("default", description="Tenant of the embedded admin and of `users add` by default.")
-    tenants: list[TenantSettings] = Field(default_factory=list, description="Extra tenants (TOML [[tenants]]).")
+    default_tenant: str = Field(
+        "default", description="Tenant of the embedded admin and of `users add` by default."
+    )
+    tenants: list[TenantSettings] = Field(
+        default_factory=list, description="Extra tenants (TOML [[tenants]])."
+    )
     domain: str = Field("localhost", description="DNS domain under which pod URLs are made (pods.<domain>).")
-    admin_password: str = Field("", description="Password of the site admin 'admin' created on first start; "
-                                "empty means a generated one, printed once.")
+    admin_password: str = Field(
+        "",
+        description="Password of the site admin 'admin' created on first start; "
+        "empty means a generated one, printed once.",
+    )
     token_ttl_sec: int = Field(4 * 3600, ge=60, description="Lifetime of issued access tokens, seconds.")
-    cors_allow_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API "
-                                          "from browsers (e.g. a TapisUI).")
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
+    )
+
+    import_starter_catalog: bool = Field(
+        True,
+        description="Import the shipped template catalog (postgres, neo4j, "
+        "mongo, …) into the default tenant on first start.",
+    )
 
     # --- pods
-    image_allow_list: list[str] = Field(default_factory=list, description="Images allowed for every tenant, in "
-                                        "addition to the allowlist in the database.")
-    compute_queues: list[str] = Field(default_factory=lambda: ["default"], description="Valid compute_queue values.")
-    min_time_to_stop_sec: int = Field(300, ge=1, description="Smallest allowed time_to_stop_* other than -1, "
-                                      "seconds (Tapis: 300).")
+    image_allow_list: list[str] = Field(
+        default_factory=list,
+        description="Images allowed for every tenant, in addition to the allowlist in the database.",
+    )
+    compute_queues: list[str] = Field(
+        default_factory=lambda: ["default"], description="Valid compute_queue values."
+    )
+    min_time_to_stop_sec: int = Field(
+        300, ge=1, description="Smallest allowed time_to_stop_* other than -1, seconds (Tapis: 300)."
+    )
     default_time_to_stop_sec: int = Field(43200, description="Default time_to_stop_default, seconds.")
     cpu_request_default: int = Field(250, description="Default cpu_request, millicpu.")
     cpu_limit_default: int = Field(2000, description="Default cpu_limit, millicpu.")
@@ -83,25 +114,45 @@ class Settings(BaseSettings):
 
     # --- controllers
     runtime: Literal["docker", "none"] = Field("docker", description="Container runtime backend.")
-    docker_host: str = Field("", description="Docker Engine API URL (unix:///…); empty means DOCKER_HOST or a "
-                             "local Docker/Podman socket found automatically.")
-    start_podman_service: bool = Field(True, description="Start `podman system service` when Podman is installed "
-                                       "and no engine socket answers.")
+    docker_host: str = Field(
+        "",
+        description="Docker Engine API URL (unix:///…); empty means DOCKER_HOST or a "
+        "local Docker/Podman socket found automatically.",
+    )
+    start_podman_service: bool = Field(
+        True,
+        description="Start `podman system service` when Podman is installed and no engine socket answers.",
+    )
     health_interval_sec: float = Field(2.0, gt=0, description="Seconds between health passes.")
-    stuck_deadline_sec: float = Field(180.0, gt=0, description="Seconds a pod may stay in a transitional state "
-                                      "(REQUESTED, SPAWNER SETUP, CREATING, DELETING) before it is re-driven.")
-    container_stop_timeout_sec: int = Field(5, ge=0, description="Seconds between SIGTERM and SIGKILL on stop.")
-    default_ulimits: list[str] = Field(default_factory=lambda: ["nofile=20000:20000", "nproc=32768:32768"],
-                                       description="Container ulimits name=soft:hard.")
+    stuck_deadline_sec: float = Field(
+        180.0,
+        gt=0,
+        description="Seconds a pod may stay in a transitional state "
+        "(REQUESTED, SPAWNER SETUP, CREATING, DELETING) before it is re-driven.",
+    )
+    container_stop_timeout_sec: int = Field(
+        5, ge=0, description="Seconds between SIGTERM and SIGKILL on stop."
+    )
+    default_ulimits: list[str] = Field(
+        default_factory=lambda: ["nofile=20000:20000", "nproc=32768:32768"],
+        description="Container ulimits name=soft:hard.",
+    )
     bus: Literal["memory", "rabbitmq"] = Field("memory", description="Command bus implementation.")
-    rabbitmq_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL for bus=rabbitmq.")
+    rabbitmq_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL for bus=rabbitmq."
+    )
 
     # --- proxy
     proxy_enabled: bool = Field(True, description="Run a Traefik child process (serve only).")
     proxy_http_port: int = Field(8080, ge=0, le=65535, description="Traefik HTTP entrypoint port.")
-    proxy_https_port: int = Field(8443, ge=0, le=65535, description="Traefik TLS entrypoint port (HTTPS + TCP).")
-    proxy_secret: str = Field("", description="Shared secret Traefik sends to /traefik-config; empty means "
-                              "generated into the data dir.")
+    proxy_https_port: int = Field(
+        8443, ge=0, le=65535, description="Traefik TLS entrypoint port (HTTPS + TCP)."
+    )
+    proxy_secret: str = Field(
+        "",
+        description="Shared secret Traefik sends to /traefik-config; empty means "
+        "generated into the data dir.",
+    )
 
     @field_validator("data_dir", mode="after")
     @classmethod

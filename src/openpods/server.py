@@ -12,19 +12,22 @@ import uvicorn
 
 from openpods.api.app import create_app
 from openpods.api.context import AppContext
-from openpods.bootstrap import build_context, ensure_admin
+from openpods.bootstrap import build_context, ensure_admin, ensure_starter_catalog
 from openpods.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def serve_async(settings: Settings, roles: Iterable[str], ctx: AppContext | None = None,
-                      stop: asyncio.Event | None = None) -> None:
+async def serve_async(
+    settings: Settings, roles: Iterable[str], ctx: AppContext | None = None, stop: asyncio.Event | None = None
+) -> None:
     """Run until SIGINT/SIGTERM or until ``stop`` is set (tests set it from another thread with
     ``loop.call_soon_threadsafe(stop.set)``)."""
     roles = set(roles)
     ctx = ctx or build_context(settings)
     ensure_admin(ctx)
+    if settings.import_starter_catalog:
+        ensure_starter_catalog(ctx)
     await ctx.bus.start()
     tasks: list[asyncio.Task[None]] = []
     stop = stop or asyncio.Event()
@@ -38,8 +41,14 @@ async def serve_async(settings: Settings, roles: Iterable[str], ctx: AppContext 
     controllers = await start_controllers(ctx, roles)
     server = None
     if "api" in roles:
-        config = uvicorn.Config(create_app(ctx), host=settings.host, port=settings.port, log_level="warning",
-                                access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            create_app(ctx),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         tasks.append(asyncio.create_task(server.serve(), name="api"))

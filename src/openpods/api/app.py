@@ -8,7 +8,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from openpods import __version__
 from openpods.api.context import AppContext
 from openpods.api.envelope import install_error_handlers
-from openpods.api.routers import auth, images, misc, pending, pod_runtime, pods, snapshots, templates, volumes
+from openpods.api.routers import (
+    auth,
+    images,
+    jupyter,
+    misc,
+    pending,
+    pod_runtime,
+    pods,
+    snapshots,
+    templates,
+    volumes,
+)
 
 
 def create_app(ctx: AppContext) -> FastAPI:
@@ -24,9 +35,13 @@ def create_app(ctx: AppContext) -> FastAPI:
     install_error_handlers(app)
     if ctx.settings.cors_allow_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=ctx.settings.cors_allow_origins, allow_credentials=True,
-            allow_methods=["*"], allow_headers=["*"], max_age=600,
+            CORSMiddleware,
+            allow_origins=ctx.settings.cors_allow_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            max_age=600,
         )
-    for module in (misc, auth, templates, images, snapshots, volumes, pending, pod_runtime, pods):
+    for module in (misc, auth, templates, images, snapshots, volumes, jupyter, pending, pod_runtime, pods):
         app.include_router(module.router)
     return app

@@ -10,6 +10,7 @@ from starlette.responses import StreamingResponse
 
 from openpods.api.envelope import BadRequest, Conflict, NotFound, TapisError
 from openpods.storage.base import (
+    AccessDenied,
     FileExists,
     IsADirectory,
     NotADirectory,
@@ -31,6 +32,8 @@ def storage_errors() -> Iterator[None]:
         raise BadRequest([f"path: {exc}"]) from None
     except (PathNotFound, ObjectNotFound) as exc:
         raise NotFound(str(exc)) from None
+    except AccessDenied as exc:
+        raise Conflict(str(exc)) from None
     except FileExists as exc:
         raise Conflict(f"{exc} Pass overwrite=true to replace it.") from None
     except SizeLimitExceeded as exc:

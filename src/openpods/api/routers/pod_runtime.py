@@ -36,7 +36,9 @@ def _running_pod(ctx: AppContext, caller: Identity, pod_id: str) -> list[str]:
     with transaction(ctx.sessions) as s:
         pod = load_pod(s, caller, pod_id, Level.ADMIN)
         if pod.status != st.AVAILABLE:
-            raise Conflict(f"Pod '{pod_id}' is {pod.status}; it must be AVAILABLE (running) for this operation.")
+            raise Conflict(
+                f"Pod '{pod_id}' is {pod.status}; it must be AVAILABLE (running) for this operation."
+            )
         return pod_svc.secret_values(pod_svc.pod_secrets(s, ctx.secrets, caller.tenant_id, pod_id))
 
 
@@ -77,15 +79,17 @@ async def exec_pod_commands(ctx: Ctx, caller: Caller, pod_id: str, body: Execute
             success: bool | str = f"Timeout after {timeout:g} seconds."
         else:
             success = result.exit_code == 0
-        results.append({
-            "command": pod_svc.redact(" ".join(argv), secrets),
-            "stdout": pod_svc.redact(result.stdout, secrets),
-            "stderr": pod_svc.redact(result.stderr, secrets),
-            "exit_code": result.exit_code,
-            "success": success,
-            "duration_sec": round(result.duration_sec, 3),
-            "timestamp": stamp,
-        })
+        results.append(
+            {
+                "command": pod_svc.redact(" ".join(argv), secrets),
+                "stdout": pod_svc.redact(result.stdout, secrets),
+                "stderr": pod_svc.redact(result.stderr, secrets),
+                "exit_code": result.exit_code,
+                "success": success,
+                "duration_sec": round(result.duration_sec, 3),
+                "timestamp": stamp,
+            }
+        )
         if result.timed_out:
             if timeout < body.command_timeout:
                 message = f"Total timeout of {body.total_timeout} seconds reached while running a command."
@@ -94,14 +98,42 @@ async def exec_pod_commands(ctx: Ctx, caller: Caller, pod_id: str, body: Execute
             if body.fail_on_non_success or timeout < body.command_timeout:
                 break
         elif success is not True and body.fail_on_non_success:
-            message = f"Command failed with exit code {result.exit_code}; fail_on_non_success stopped the run."
+            message = (
+                f"Command failed with exit code {result.exit_code}; fail_on_non_success stopped the run."
+            )
             break
     successful = sum(1 for r in results if r["success"] is True)
-    summary = (f"'{caller.username}' executed {len(results)} of {len(commands)} commands "
-               f"({successful} successful).")
+    summary = (
+        f"'{caller.username}' executed {len(results)} of {len(commands)} commands ({successful} successful)."
+    )
     await asyncio.to_thread(_log, ctx, caller, pod_id, summary)
-    return ok({"execution_results": results, "total_commands": len(commands), "successful_commands": successful},
-              message)
+    return ok(
+        {"execution_results": results, "total_commands": len(commands), "successful_commands": successful},
+        message,
+    )
+
+
+async def copy_into_container(ctx: AppContext, runtime: Any, name: str, upload: UploadFile, dest: str) -> int:
+    """Spool an uploaded file to disk (never whole in memory) and copy it into the container through the
+    engine's archive API (no shell needed in the image). Returns its size."""
+    fd, tmp = tempfile.mkstemp(prefix="openpods-upload-", dir=ctx.settings.data_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := await upload.read(1024 * 1024):
+                await asyncio.to_thread(out.write, chunk)
+        size = os.path.getsize(tmp)
+        try:
+            await runtime.put_file(name, dest, tmp)
+        except BadDestination as exc:
+            raise BadRequest([f"dest_path: {exc}"]) from None
+        except ContainerNotRunning:
+            raise Conflict("The pod has no running container.") from None
+        except RuntimeFailure as exc:
+            raise TapisError(f"Container engine error: {exc}", 503) from None
+        return size
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 @router.post("/{pod_id}/upload_to_pod", operation_id="upload_to_pod", summary="upload_to_pod")
@@ -119,25 +151,12 @@ async def upload_to_pod(ctx: Ctx, caller: Caller, pod_id: str, request: Request)
             raise BadRequest(["dest_path: the destination path in the pod is required."])
         if not dest_path.startswith("/") or "\x00" in dest_path or ".." in dest_path.split("/"):
             raise BadRequest(["dest_path: must be an absolute path without '..' segments."])
-        fd, tmp = tempfile.mkstemp(prefix="openpods-upload-", dir=ctx.settings.data_dir)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                while chunk := await upload.read(1024 * 1024):
-                    await asyncio.to_thread(out.write, chunk)
-            size = os.path.getsize(tmp)
-            try:
-                await runtime.put_file(container_name(caller.tenant_id, pod_id), dest_path, tmp)
-            except BadDestination as exc:
-                raise BadRequest([f"dest_path: {exc}"]) from None
-            except ContainerNotRunning:
-                raise Conflict(f"Pod '{pod_id}' has no running container.") from None
-            except RuntimeFailure as exc:
-                raise TapisError(f"Container engine error: {exc}", 503) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        size = await copy_into_container(
+            ctx, runtime, container_name(caller.tenant_id, pod_id), upload, dest_path
+        )
     finally:
         await form.close()
-    await asyncio.to_thread(_log, ctx, caller, pod_id,
-                            f"'{caller.username}' uploaded a file of {size} bytes to {dest_path}")
+    await asyncio.to_thread(
+        _log, ctx, caller, pod_id, f"'{caller.username}' uploaded a file of {size} bytes to {dest_path}"
+    )
     return ok({"dest_path": dest_path, "size": size}, f"File uploaded to {dest_path}.")
