@@ -123,10 +123,12 @@ def health(
 @app.command("ca-cert")
 def ca_cert(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Print the local CA certificate that signs pod URLs (give it to clients to verify)."""
-    from openpods.server import proxy_tls
+    from openpods.proxy.tls import ca_certificate_pem
+    from openpods.proxy.traefik import traefik_paths
+    from openpods.services.proxy import traefik_settings
 
     settings = load_settings(data_dir=data_dir, config_file=config)
-    print(proxy_tls(settings).ca_pem(), end="")
+    print(ca_certificate_pem(traefik_paths(traefik_settings(settings, "unused")).tls_dir), end="")
 
 
 @users_app.command("add")

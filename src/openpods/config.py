@@ -153,6 +153,20 @@ class Settings(BaseSettings):
         description="Shared secret Traefik sends to /traefik-config; empty means "
         "generated into the data dir.",
     )
+    proxy_bind_host: str = Field("", description="Interface of Traefik's public entrypoints; empty means all.")
+    proxy_api_url: str = Field(
+        "",
+        description="URL at which Traefik reaches the API (forward-auth, dynamic config); empty means "
+        "http://127.0.0.1:<port>.",
+    )
+    proxy_public_https_port: int = Field(
+        0, ge=0, le=65535, description="HTTPS port clients use for pod URLs (in redirects); 0 means proxy_https_port."
+    )
+    redirect_http_to_https: bool = Field(True, description="Plain-HTTP requests to pod URLs redirect to HTTPS.")
+    tls_cert_file: str = Field("", description="PEM certificate for pod URLs; empty means a local CA issues one.")
+    tls_key_file: str = Field("", description="PEM key of tls_cert_file.")
+    acme_email: str = Field("", description="With an email, Traefik gets certificates from ACME (production).")
+    acme_ca_server: str = Field("", description="ACME directory URL; empty means Let's Encrypt production.")
 
     @field_validator("data_dir", mode="after")
     @classmethod

@@ -13,9 +13,9 @@ from openpods.api.routers import (
     images,
     jupyter,
     misc,
-    pending,
     pod_runtime,
     pods,
+    proxy,
     snapshots,
     templates,
     volumes,
@@ -42,6 +42,6 @@ def create_app(ctx: AppContext) -> FastAPI:
             allow_headers=["*"],
             max_age=600,
         )
-    for module in (misc, auth, templates, images, snapshots, volumes, jupyter, pending, pod_runtime, pods):
+    for module in (misc, auth, proxy, templates, images, snapshots, volumes, jupyter, pod_runtime, pods):
         app.include_router(module.router)
     return app

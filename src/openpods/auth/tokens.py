@@ -142,6 +142,10 @@ class TokenService:
         expires_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + ttl))
         return {"access_token": token, "expires_in": ttl, "expires_at": expires_at, "jti": jti}
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        """Sign arbitrary claims with the embedded issuer's key (one-time login codes)."""
+        return jwt.encode(claims, self._private_key, algorithm="RS256")
+
     def verify(self, token: str, *, admin_lookup: Any = None) -> Identity:
         """Checks signature, expiry and tenant. ``admin_lookup(tenant, user) -> bool`` decides site admins
         for tokens of the embedded issuer."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import defaultdict
 
@@ -40,10 +41,8 @@ class MemoryBus(Bus):
     async def wait(self, topic: str, timeout: float) -> list[Wakeup]:
         event = self._event(topic)
         if not self._pending.get(topic):
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
-            except TimeoutError:
-                pass
         event.clear()
         with self._lock:
             messages, self._pending[topic] = self._pending[topic], []

@@ -69,9 +69,27 @@ async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
         ctx.runtime_problem = engine.install_hint()
         log.error("%s", ctx.runtime_problem)
         return
-    ctx.runtime = DockerRuntime(url)
+    from openpods.domain.container_spec import parse_ulimit
+
+    ctx.runtime = DockerRuntime(url, default_ulimits=[parse_ulimit(u) for u in settings.default_ulimits])
     controllers.closers.append(ctx.runtime.close)
     log.info("container engine: %s", url)
+
+
+async def start_proxy(ctx: AppContext, controllers: Controllers) -> None:
+    """Runs Traefik as a supervised child process (restarted if it dies, stopped with us)."""
+    from openpods.proxy.traefik import TraefikError, TraefikSupervisor
+    from openpods.services.proxy import traefik_settings
+
+    supervisor = TraefikSupervisor(traefik_settings(ctx.settings, ctx.proxy_secret))
+    try:
+        await supervisor.start()
+    except (TraefikError, OSError) as exc:
+        log.error("Traefik could not start; pods will have no URLs until it does: %s", exc)
+        return
+    controllers.closers.append(supervisor.stop)
+    log.info("Traefik on :%s (HTTP) and :%s (HTTPS/TLS)", ctx.settings.proxy_http_port,
+             ctx.settings.proxy_https_port)
 
 
 async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controllers:
@@ -81,6 +99,8 @@ async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controller
     setup_storage(ctx)
     if roles & {"api", "spawner", "health"}:
         await setup_runtime(ctx, controllers)
+    if "proxy" in roles and ctx.settings.proxy_enabled:
+        await start_proxy(ctx, controllers)
     if "spawner" in roles:
         from openpods.controllers.spawner import Spawner
 

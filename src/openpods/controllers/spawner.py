@@ -81,7 +81,8 @@ class Spawner:
                 elif logs.instance_id != pod.instance_id:
                     logs.instance_id, logs.logs, logs.updated_ts = pod.instance_id, "", repo.utcnow()
                 try:
-                    spec: ContainerSpec | str = build_spec(self.ctx, s, pod)
+                    spec: ContainerSpec | str
+                    spec, pod.routes = build_spec(self.ctx, s, pod)
                 except SpawnRefused as exc:
                     spec = str(exc)
                 return pod.instance_id, spec

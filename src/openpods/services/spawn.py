@@ -36,8 +36,9 @@ def _mounts(ctx: AppContext, pod: Pod, volume_mounts: dict[str, Any]) -> list[Mo
     return mounts
 
 
-def build_spec(ctx: AppContext, s: Session, pod: Pod) -> ContainerSpec:
-    """Raises SpawnRefused (with a message for the user) when the definition cannot run."""
+def build_spec(ctx: AppContext, s: Session, pod: Pod) -> tuple[ContainerSpec, dict[str, Any]]:
+    """The container spec of the pod's current instance, and its derived networking stanzas (what the proxy
+    routes). Raises SpawnRefused (with a message for the user) when the definition cannot run."""
     from openpods.api.envelope import TapisError
 
     try:
@@ -49,7 +50,7 @@ def build_spec(ctx: AppContext, s: Session, pod: Pod) -> ContainerSpec:
     secrets = pod_svc.pod_secrets(s, ctx.secrets, pod.tenant_id, pod.pod_id)
     env = pod_svc.substitute_secrets(dict(derived.get("environment_variables") or {}), secrets)
     try:
-        return build_container_spec(
+        spec = build_container_spec(
             tenant_id=pod.tenant_id, pod_id=pod.pod_id, instance_id=pod.instance_id, image=derived["image"],
             command=derived.get("command"), arguments=derived.get("arguments"), env=env,
             networking=derived.get("networking") or {}, resources=derived.get("resources") or {},
@@ -58,3 +59,4 @@ def build_spec(ctx: AppContext, s: Session, pod: Pod) -> ContainerSpec:
         )
     except ValueError as exc:
         raise SpawnRefused(str(exc)) from None
+    return spec, derived.get("networking") or {}

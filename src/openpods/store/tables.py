@@ -52,6 +52,8 @@ class Pod(Base):
     status_since: Mapped[datetime]
     instance_id: Mapped[str] = mapped_column(String(64), default="")
     host_ports: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The derived networking stanzas (templates merged, URLs set) of the running instance: what the proxy routes.
+    routes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     proxy_errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
     time_to_stop_ts: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     start_instance_ts: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

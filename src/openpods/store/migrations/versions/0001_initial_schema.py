@@ -2,11 +2,12 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 23:38:53.473831
+Create Date: 2026-11-27 00:01:17.169884
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = '0001'
 down_revision = None
@@ -87,6 +88,7 @@ def upgrade() -> None:
     sa.Column('status_since', sa.DateTime(), nullable=False),
     sa.Column('instance_id', sa.String(length=64), nullable=False),
     sa.Column('host_ports', sa.JSON(), nullable=False),
+    sa.Column('routes', sa.JSON(), nullable=False),
     sa.Column('proxy_errors', sa.JSON(), nullable=False),
     sa.Column('time_to_stop_ts', sa.DateTime(), nullable=True),
     sa.Column('start_instance_ts', sa.DateTime(), nullable=True),

@@ -1,0 +1,977 @@
+"""The Docker Engine API runtime: a real Docker engine or Podman's Docker-compatible service.
+
+Blocking ``docker`` (docker-py) calls run in a thread pool owned by the runtime, so long uploads, execs and log
+reads never block the event loop nor starve each other. The low-level ``docker.APIClient`` is used throughout:
+``list_managed`` is exactly one ``GET /containers/json`` call (docker-py's high-level ``containers.list()``
+would inspect every container).
+
+Engine notes (Podman 4.3 compat API, verified): setting any ulimit through the API drops Podman's
+containers.conf ``default_ulimits`` for the other limits, which then exceed what a root without
+CAP_SYS_RESOURCE may set; so the runtime always sends the complete set (``default_ulimits`` merged with the
+spec's). Podman silently ignores GPU device requests; the runtime detects that after create and refuses.
+A conflicting name is a 500 ("already in use") on Podman and a 409 on Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import json
+import math
+import os
+import posixpath
+import re
+import signal
+import socket
+import struct
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.constants
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from openpods.domain.container_spec import (
+    LABEL_INSTANCE,
+    MANAGED_SELECTOR,
+    ContainerSpec,
+    Ulimit,
+    published_ports_from_labels,
+)
+from openpods.runtimes.base import (
+    BadDestination,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerState,
+    ContainerStatus,
+    ExecResult,
+    ImageNotFound,
+    Runtime,
+    RuntimeErrorPermanent,
+    RuntimeErrorTemporary,
+    RuntimeFailure,
+    RuntimeUnavailable,
+    UnsupportedFeature,
+)
+
+T = TypeVar("T")
+
+_STATE_MAP: dict[str, ContainerStatus] = {
+    "created": "created",
+    "configured": "created",
+    "initialized": "created",
+    "running": "running",
+    "exited": "exited",
+    "stopped": "exited",
+    "dead": "exited",
+}
+_EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
+_TS_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?\s*(Z|[+-]\d{2}:?\d{2})?")
+# Messages of engine errors that will not go away by retrying the same spec.
+_PERMANENT_HINTS = (
+    "executable file not found",
+    "no such file or directory",
+    "not found in $path",
+    "permission denied",
+    "exec format error",
+    "oci runtime",
+    "runc create failed",
+    "crun:",
+    "invalid",
+    "operation not permitted",
+    "could not select device driver",
+    "read-only file system",
+    "not a directory",
+)
+_GO_MODE_DIR = 1 << 31
+_GO_MODE_SYMLINK = 1 << 27
+_MAX_PATH = 4096
+# Podman's tail=N is quadratic in N; above this many lines one tail=all stream is cheaper.
+_PODMAN_MAX_TAIL = 2000
+_MAX_NAME = 255
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+
+def parse_engine_time(value: str | None) -> datetime | None:
+    """An engine timestamp (RFC 3339 with up to nanoseconds) as a UTC-aware datetime; None for empty/zero."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    m = _TS_RE.match(value.strip())
+    if not m:
+        return None
+    frac = ((m.group(3) or ".0")[1:] + "000000")[:6]
+    tz = m.group(4) or "Z"
+    if tz == "Z":
+        tz = "+00:00"
+    elif ":" not in tz:
+        tz = f"{tz[:3]}:{tz[3:]}"
+    try:
+        return datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}.{frac}{tz}").astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def _map_state(raw: str | None) -> ContainerStatus:
+    return _STATE_MAP.get((raw or "").lower(), "unknown")
+
+
+def _host_ports(labels: dict[str, str], container_to_host: dict[int, int]) -> dict[str, int]:
+    return {
+        stanza: container_to_host[cport]
+        for stanza, cport in published_ports_from_labels(labels).items()
+        if cport in container_to_host
+    }
+
+
+def state_from_inspect(info: dict[str, Any]) -> ContainerState:
+    """ContainerState from a ``GET /containers/{id}/json`` answer."""
+    name = (info.get("Name") or "").lstrip("/")
+    labels = dict((info.get("Config") or {}).get("Labels") or {})
+    st = info.get("State") or {}
+    state = _map_state(st.get("Status"))
+    started = parse_engine_time(st.get("StartedAt"))
+    finished = parse_engine_time(st.get("FinishedAt")) if state == "exited" else None
+    if started and finished and finished < started:
+        finished = started  # Podman reports FinishedAt slightly before StartedAt for very short runs
+    exit_code = st.get("ExitCode") if state == "exited" else None
+    parts: list[str] = []
+    if state == "exited":
+        parts.append(f"exited with code {exit_code}")
+        if st.get("OOMKilled"):
+            parts.append("killed: out of memory (OOM)")
+    elif state == "unknown":
+        parts.append(f"engine state {st.get('Status')!r}")
+    else:
+        parts.append(state)
+    if st.get("Error"):
+        parts.append(str(st["Error"]))
+    c2h: dict[int, int] = {}
+    if state == "running":
+        for key, bindings in ((info.get("NetworkSettings") or {}).get("Ports") or {}).items():
+            port_s, _, proto = key.partition("/")
+            if proto not in ("", "tcp") or not bindings:
+                continue
+            for b in bindings:
+                with contextlib.suppress(TypeError, ValueError):
+                    if int(b.get("HostPort") or 0) > 0:
+                        c2h.setdefault(int(port_s), int(b["HostPort"]))
+    return ContainerState(
+        name=name,
+        labels=labels,
+        state=state,
+        exit_code=exit_code,
+        started_at=started,
+        finished_at=finished,
+        message="; ".join(parts),
+        host_ports=_host_ports(labels, c2h),
+    )
+
+
+def state_from_list_item(item: dict[str, Any]) -> ContainerState:
+    """ContainerState from one element of a ``GET /containers/json`` answer (no timestamps there)."""
+    names = item.get("Names") or []
+    name = (names[0] if names else item.get("Id", "")[:12]).lstrip("/")
+    labels = dict(item.get("Labels") or {})
+    status_text = item.get("Status") or ""
+    raw_state = item.get("State")
+    if not raw_state:  # very old engines: derive from the Status text
+        raw_state = {"Up": "running", "Exited": "exited"}.get(status_text.split(" ", 1)[0], "")
+    state = _map_state(raw_state)
+    exit_code: int | None = None
+    if state == "exited":
+        m = _EXITED_RE.match(status_text)
+        if m:
+            exit_code = int(m.group(1))
+    c2h: dict[int, int] = {}
+    if state == "running":
+        for p in item.get("Ports") or []:
+            if p.get("PublicPort") and p.get("PrivatePort") and (p.get("Type") or "tcp") == "tcp":
+                c2h.setdefault(int(p["PrivatePort"]), int(p["PublicPort"]))
+    return ContainerState(
+        name=name,
+        labels=labels,
+        state=state,
+        exit_code=exit_code,
+        message=status_text or str(raw_state),
+        host_ports=_host_ports(labels, c2h),
+    )
+
+
+def check_dest_path(dest_path: str) -> str:
+    """Validate an absolute, normalized file path inside a container; returns it. Raises BadDestination."""
+    if not isinstance(dest_path, str) or not dest_path:
+        raise BadDestination("dest_path must be a non-empty string")
+    if any(ord(c) < 32 or ord(c) == 127 for c in dest_path):
+        raise BadDestination("dest_path must not contain control characters")
+    if not dest_path.startswith("/"):
+        raise BadDestination(f"dest_path {dest_path!r} must be an absolute path (starting with '/')")
+    if dest_path.endswith("/"):
+        raise BadDestination(f"dest_path {dest_path!r} must name a file, not a directory (it ends with '/')")
+    parts = dest_path.split("/")[1:]
+    if any(p in ("", ".", "..") for p in parts):
+        raise BadDestination(f"dest_path {dest_path!r} must be normalized (no '..', '.' or '//')")
+    if len(dest_path.encode()) > _MAX_PATH or any(len(p.encode()) > _MAX_NAME for p in parts):
+        raise BadDestination("dest_path is too long")
+    return dest_path
+
+
+def _tar_dir(name: str, mtime: float) -> bytes:
+    info = tarfile.TarInfo(name.rstrip("/") + "/")
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    info.mtime = int(mtime)
+    info.uname = info.gname = "root"
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8")
+
+
+def tar_stream(
+    dirs: Sequence[str], file_name: str, src_path: str, *, chunk_bytes: int = 1 << 20
+) -> Iterator[bytes]:
+    """A tar archive, as a stream of chunks, holding the directories ``dirs`` (in order) and the file
+    ``src_path`` as ``file_name``. Reads the file chunk by chunk (memory use is one chunk)."""
+    now = time.time()
+    for d in dirs:
+        yield _tar_dir(d, now)
+    with open(src_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        info = tarfile.TarInfo(file_name)
+        info.size = size
+        info.mode = 0o644
+        info.mtime = int(now)
+        info.uname = info.gname = "root"
+        yield info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8")
+        left = size
+        while left > 0:
+            chunk = f.read(min(chunk_bytes, left))
+            if not chunk:
+                raise OSError(f"{src_path} shrank while it was being uploaded")
+            left -= len(chunk)
+            yield chunk
+    pad = (-size) % tarfile.BLOCKSIZE
+    yield b"\0" * pad + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _decode_tail(data: bytes | bytearray, max_bytes: int) -> str:
+    """The last ``max_bytes`` of ``data`` as text whose UTF-8 encoding is at most ``max_bytes`` long."""
+    tail = bytes(data[-max_bytes:]) if max_bytes > 0 else b""
+    # Do not start in the middle of a multi-byte character.
+    skip = 0
+    while skip < min(3, len(tail)) and (tail[skip] & 0xC0) == 0x80:
+        skip += 1
+    text = tail[skip:].decode("utf-8", errors="replace")
+    encoded = text.encode("utf-8")
+    if len(encoded) > max_bytes:  # replacement characters are longer than the bytes they replace
+        text = encoded[-max_bytes:].decode("utf-8", errors="ignore")
+    return text
+
+
+def _pullable(image: str) -> bool:
+    """False for references that only exist locally by convention (Podman's ``localhost/`` prefix)."""
+    first, sep, _ = image.partition("/")
+    return not (sep and first == "localhost")
+
+
+def _engine_message(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        msg = exc.explanation
+        if isinstance(msg, bytes):
+            msg = msg.decode(errors="replace")
+        return str(msg or exc)
+    return str(exc) or exc.__class__.__name__
+
+
+def _is_conflict(exc: docker.errors.APIError) -> bool:
+    return exc.status_code == 409 or "already in use" in _engine_message(exc).lower()
+
+
+def _looks_permanent(message: str) -> bool:
+    low = message.lower()
+    return any(h in low for h in _PERMANENT_HINTS)
+
+
+class FrameParser:
+    """Incremental parser of the Engine API's multiplexed stream (8-byte header: stream type 0/1/2, three zero
+    bytes, big-endian payload size). Calls ``sink(stream, payload)`` per frame. A stream that does not start
+    with a valid header (a TTY stream) is passed through as stream 1."""
+
+    def __init__(self, sink: Callable[[int, bytes | bytearray], None]) -> None:
+        self._sink = sink
+        self._pending = bytearray()
+        self._raw: bool | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._raw:
+            self._sink(1, data)
+            return
+        pending = self._pending
+        pending += data
+        while len(pending) >= 8:
+            if pending[0] not in (0, 1, 2) or pending[1:4] != b"\0\0\0":
+                if self._raw is None:  # not multiplexed at all
+                    self._raw = True
+                    self._sink(1, bytes(pending))
+                    pending.clear()
+                    return
+                raise docker.errors.DockerException("corrupt multiplexed stream from the engine")
+            self._raw = False
+            (size,) = struct.unpack(">L", pending[4:8])
+            if len(pending) < 8 + size:
+                return
+            self._sink(pending[0], pending[8 : 8 + size])
+            del pending[: 8 + size]
+
+
+def read_k8s_log_tail(path: str, max_bytes: int, *, block_bytes: int = 1 << 20) -> bytes:
+    """The last ``max_bytes`` of container output from a CRI/k8s-file log (records
+    ``<time> <stream> <F|P> <content>``; ``F`` ends a line, ``P`` is part of one), reading the file backwards
+    in blocks. Memory use is about ``max_bytes + block_bytes``. An incomplete last record is ignored.
+    Raises ValueError when a record does not have that format, OSError when the file cannot be read."""
+    pieces: list[bytes] = []
+    total = 0
+    with open(path, "rb") as f:
+        pos = os.fstat(f.fileno()).st_size
+        carry = b""
+        first = True
+        while pos > 0 and total < max_bytes:
+            start = max(0, pos - block_bytes)
+            f.seek(start)
+            data = f.read(pos - start) + carry
+            pos = start
+            records = data.split(b"\n")
+            if first:
+                records.pop()  # after the last newline: empty, or a record still being written
+                first = False
+            if start > 0:
+                carry = records.pop(0)  # may begin in the previous block
+                if len(carry) > max_bytes + block_bytes:  # no newline for that long: not a k8s-file log
+                    raise OSError(f"{path} does not look like a k8s-file log")
+            for record in reversed(records):
+                parts = record.split(b" ", 3)
+                if len(parts) < 3 or parts[1] not in (b"stdout", b"stderr") or parts[2] not in (b"F", b"P"):
+                    raise ValueError(f"{path} is not a k8s-file log")
+                content = parts[3] if len(parts) == 4 else b""
+                if parts[2] == b"F":
+                    content += b"\n"
+                pieces.append(content)
+                total += len(content)
+                if total >= max_bytes:
+                    break
+    data = b"".join(reversed(pieces))
+    return data[-max_bytes:] if max_bytes > 0 else b""
+
+
+def translate_error(exc: BaseException, what: str) -> BaseException:
+    """Map a docker-py / requests exception to the runtime's error classes (others are returned unchanged)."""
+    if isinstance(exc, RuntimeFailure | BadDestination):
+        return exc
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return ImageNotFound(f"{what}: {_engine_message(exc)}")
+    if isinstance(exc, docker.errors.NotFound):
+        return ContainerNotFound(f"{what}: {_engine_message(exc)}")
+    if isinstance(exc, docker.errors.APIError):
+        msg = f"{what}: {_engine_message(exc)}"
+        status = exc.status_code or 0
+        if _is_conflict(exc) or status in (408, 429):
+            return RuntimeErrorTemporary(msg)
+        if 400 <= status < 500 or _looks_permanent(msg):
+            return RuntimeErrorPermanent(msg)
+        return RuntimeErrorTemporary(msg)
+    if isinstance(exc, requests.exceptions.Timeout | socket.timeout):
+        return RuntimeErrorTemporary(f"{what}: the container engine did not answer in time ({exc})")
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
+        return RuntimeUnavailable(f"{what}: cannot reach the container engine ({exc})")
+    if isinstance(exc, docker.errors.DockerException):
+        return RuntimeUnavailable(f"{what}: {exc}")
+    return exc
+
+
+# ------------------------------------------------------------------------------------------------ the runtime
+
+
+class DockerRuntime(Runtime):
+    """:class:`Runtime` over the Docker Engine API (Docker, or Podman's compatible service).
+
+    - ``base_url``: ``unix:///path.sock`` or ``tcp://host:port``; None means the docker-py environment
+      (``DOCKER_HOST``, ``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH``) or the default socket.
+    - ``default_ulimits``: applied to every container, overridden per name by the spec's ulimits.
+    - ``pull_missing``: try one pull when an image is not local (never for ``localhost/…`` images); a failed
+      pull is reported as ImageNotFound with the engine's message.
+    - ``api_timeout_sec``: socket timeout of each engine call (streams use their own deadlines).
+    - ``max_workers``: threads for blocking engine calls (and HTTP connections kept to the engine).
+    - ``exec_output_max_bytes``: stdout and stderr of an exec are each cut after this many bytes.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        default_ulimits: Sequence[Ulimit] = (),
+        pull_missing: bool = True,
+        api_timeout_sec: float = 60.0,
+        max_workers: int = 16,
+        exec_output_max_bytes: int = 1 << 20,
+        upload_chunk_bytes: int = 1 << 20,
+    ) -> None:
+        self._base_url = base_url
+        self._default_ulimits = tuple(default_ulimits)
+        self._pull_missing = pull_missing
+        self._api_timeout = api_timeout_sec
+        self._max_workers = max_workers
+        self._exec_max = exec_output_max_bytes
+        self._chunk = upload_chunk_bytes
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="openpods-docker")
+        self._lock = threading.Lock()
+        self._client: docker.APIClient | None = None
+        self._is_podman = False
+        self._local_engine = False
+        self._closed = False
+
+    # -------------------------------------------------------------------------------------- plumbing
+
+    @property
+    def base_url(self) -> str | None:
+        return self._base_url
+
+    def _api(self) -> docker.APIClient:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                if self._closed:
+                    raise RuntimeUnavailable("the runtime is closed")
+                kwargs: dict[str, Any] = {}
+                if self._base_url:
+                    kwargs["base_url"] = self._base_url
+                else:
+                    kwargs.update(docker.utils.kwargs_from_env())
+                where = kwargs.get("base_url") or docker.constants.DEFAULT_UNIX_SOCKET
+                common = {"timeout": self._api_timeout, "max_pool_size": self._max_workers, **kwargs}
+                try:
+                    # GET /_ping tells the API version (and Podman adds Libpod-* headers) in milliseconds;
+                    # Podman's /version (docker-py's version="auto") takes most of a second.
+                    probe = docker.APIClient(version=docker.constants.MINIMUM_DOCKER_API_VERSION, **common)
+                    try:
+                        res = probe.get(f"{probe.base_url}/_ping", timeout=min(self._api_timeout, 10.0))
+                        res.raise_for_status()
+                        headers = res.headers
+                    finally:
+                        probe.close()
+                    api_version = headers.get("Api-Version") or "auto"
+                    client = docker.APIClient(version=api_version, **common)
+                except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                    raise RuntimeUnavailable(f"cannot reach the container engine at {where}: {exc}") from exc
+                self._is_podman = "Libpod-Api-Version" in headers
+                self._local_engine = str(where).startswith(("unix://", "http+unix://", "/"))
+                self._client = client
+            return self._client
+
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise RuntimeUnavailable("the runtime is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except Exception as exc:
+            mapped = translate_error(exc, what)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    @staticmethod
+    def _inspect_or_none(api: docker.APIClient, name: str) -> dict[str, Any] | None:
+        try:
+            return api.inspect_container(name)
+        except docker.errors.NotFound:
+            return None
+
+    def _require_running(self, api: docker.APIClient, name: str) -> dict[str, Any]:
+        info = self._inspect_or_none(api, name)
+        if info is None:
+            raise ContainerNotFound(f"no container named {name}")
+        state = state_from_inspect(info)
+        if state.state != "running":
+            raise ContainerNotRunning(f"container {name} is not running ({state.message})")
+        return info
+
+    # -------------------------------------------------------------------------------------- ensure_running
+
+    async def ensure_running(self, spec: ContainerSpec) -> ContainerState:
+        return await self._run(f"ensure_running {spec.name}", self._ensure_running_sync, spec)
+
+    def _ensure_running_sync(self, spec: ContainerSpec) -> ContainerState:
+        api = self._api()
+        for _ in range(4):
+            info = self._inspect_or_none(api, spec.name)
+            if info is not None:
+                labels = (info.get("Config") or {}).get("Labels") or {}
+                if labels.get(LABEL_INSTANCE) == spec.instance_id:
+                    state = state_from_inspect(info)
+                    if state.state != "created":
+                        return state  # running, exited (final) or unknown: never restarted here
+                    self._start(api, spec)
+                    return self._observe_sync(spec.name)
+                self._force_remove(api, spec.name)
+            try:
+                self._create(api, spec)
+            except docker.errors.APIError as exc:
+                if _is_conflict(exc):
+                    continue  # created concurrently, or a removal still in progress: look again
+                raise
+            self._start(api, spec)
+            return self._observe_sync(spec.name)
+        raise RuntimeErrorTemporary(f"container name {spec.name} stayed in conflict; try again")
+
+    def _ulimits(self, spec: ContainerSpec) -> list[docker.types.Ulimit]:
+        merged = {u.name: u for u in self._default_ulimits}
+        merged.update({u.name: u for u in spec.ulimits})
+        return [docker.types.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in merged.values()]
+
+    def _create(self, api: docker.APIClient, spec: ContainerSpec) -> None:
+        published = sorted({p.container_port for p in spec.ports if p.publish})
+        mib = 1024 * 1024
+        hc_kwargs: dict[str, Any] = {
+            "port_bindings": {f"{port}/tcp": ("127.0.0.1",) for port in published},
+            "restart_policy": {"Name": "no"},
+            "ulimits": self._ulimits(spec) or None,
+            "mounts": [
+                docker.types.Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+                for m in spec.mounts
+            ]
+            or None,
+        }
+        if spec.cpu_limit_millicpu:
+            hc_kwargs["nano_cpus"] = spec.cpu_limit_millicpu * 1_000_000
+        if spec.cpu_request_millicpu:
+            hc_kwargs["cpu_shares"] = max(2, spec.cpu_request_millicpu * 1024 // 1000)
+        if spec.mem_limit_mib:
+            hc_kwargs["mem_limit"] = spec.mem_limit_mib * mib
+            hc_kwargs["memswap_limit"] = spec.mem_limit_mib * mib  # no swap on top of the limit
+        if spec.mem_request_mib:
+            hc_kwargs["mem_reservation"] = spec.mem_request_mib * mib
+        if spec.gpus:
+            hc_kwargs["device_requests"] = [
+                docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])
+            ]
+        host_config = api.create_host_config(**hc_kwargs)
+
+        def create() -> None:
+            api.create_container(
+                spec.image,
+                name=spec.name,
+                command=spec.args,
+                entrypoint=spec.command,
+                environment=dict(spec.env),
+                labels=dict(spec.labels),
+                ports=[(port, "tcp") for port in published] or None,
+                host_config=host_config,
+                detach=True,
+            )
+
+        try:
+            create()
+        except docker.errors.ImageNotFound as exc:
+            local_msg = _engine_message(exc)
+            if not (self._pull_missing and _pullable(spec.image)):
+                raise ImageNotFound(f"image {spec.image} is not available: {local_msg}") from exc
+            pull_error = self._pull(api, spec.image)
+            if pull_error:
+                raise ImageNotFound(
+                    f"image {spec.image} is not available: {local_msg}; pulling it failed: {pull_error}"
+                ) from exc
+            try:
+                create()
+            except docker.errors.ImageNotFound as exc2:
+                raise ImageNotFound(f"image {spec.image} is not available: {_engine_message(exc2)}") from exc2
+
+        if spec.gpus:
+            info = api.inspect_container(spec.name)
+            if not (info.get("HostConfig") or {}).get("DeviceRequests"):
+                self._force_remove(api, spec.name)
+                raise UnsupportedFeature(
+                    "GPUs are not supported by this container engine (it ignores device requests)"
+                )
+
+    @staticmethod
+    def _pull(api: docker.APIClient, image: str) -> str | None:
+        """Pull ``image``; None on success, else the engine's error message."""
+        try:
+            for event in api.pull(image, stream=True, decode=True):
+                if isinstance(event, dict) and event.get("error"):
+                    return str(event.get("error"))
+        except docker.errors.APIError as exc:
+            return _engine_message(exc)
+        except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+            return str(exc)
+        return None
+
+    def _start(self, api: docker.APIClient, spec: ContainerSpec) -> None:
+        try:
+            api.start(spec.name)
+        except docker.errors.NotFound:
+            raise RuntimeErrorTemporary(f"container {spec.name} disappeared before it could start") from None
+        except docker.errors.APIError as exc:
+            msg = _engine_message(exc)
+            if spec.gpus and "device driver" in msg.lower():
+                self._force_remove(api, spec.name)
+                raise UnsupportedFeature(f"GPUs are not available on this container engine: {msg}") from exc
+            if _looks_permanent(msg) or 400 <= (exc.status_code or 0) < 500:
+                raise RuntimeErrorPermanent(f"container {spec.name} could not start: {msg}") from exc
+            raise RuntimeErrorTemporary(f"container {spec.name} could not start: {msg}") from exc
+
+    @staticmethod
+    def _force_remove(api: docker.APIClient, name: str) -> None:
+        try:
+            api.remove_container(name, v=True, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "in progress" not in _engine_message(exc).lower():
+                raise
+
+    # -------------------------------------------------------------------------------------- remove / observe
+
+    async def remove(self, name: str, timeout_sec: float = 10) -> None:
+        await self._run(f"remove {name}", self._remove_sync, name, timeout_sec)
+
+    def _remove_sync(self, name: str, timeout_sec: float) -> None:
+        api = self._api()
+        try:
+            api.stop(name, timeout=max(0, math.ceil(timeout_sec)))
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            pass  # e.g. already stopping; the forced removal below kills it anyway
+        self._force_remove(api, name)
+
+    async def observe(self, name: str) -> ContainerState:
+        return await self._run(f"observe {name}", self._observe_sync, name)
+
+    def _observe_sync(self, name: str) -> ContainerState:
+        info = self._inspect_or_none(self._api(), name)
+        return ContainerState.missing(name) if info is None else state_from_inspect(info)
+
+    async def list_managed(self) -> list[ContainerState]:
+        return await self._run("list containers", self._list_sync)
+
+    def _list_sync(self) -> list[ContainerState]:
+        items = self._api().containers(all=True, filters={"label": MANAGED_SELECTOR})
+        return [state_from_list_item(item) for item in items]
+
+    # -------------------------------------------------------------------------------------- logs
+
+    async def logs(self, name: str, max_bytes: int) -> str:
+        if max_bytes <= 0:
+            return ""
+        return await self._run(f"logs {name}", self._logs_sync, name, max_bytes)
+
+    def _logs_sync(self, name: str, max_bytes: int) -> str:
+        api = self._api()
+        info = self._inspect_or_none(api, name)
+        if info is None:
+            raise ContainerNotFound(f"no container named {name}")
+        text = self._logs_from_local_file(info, max_bytes)
+        if text is not None:
+            return text
+        return self._logs_via_api(api, name, max_bytes)
+
+    def _logs_from_local_file(self, info: dict[str, Any], max_bytes: int) -> str | None:
+        """Podman's k8s-file log read backwards from its end, when the engine is local and the file readable.
+
+        Podman's ``tail=N`` costs grow quadratically with N (60,000 lines: ~20 s) and ``tail=all`` reads the
+        whole log, so for Podman on this host this is the bounded, fast path. None when not applicable."""
+        if not (self._local_engine and self._is_podman):
+            return None
+        log_config = (info.get("HostConfig") or {}).get("LogConfig") or {}
+        path = info.get("LogPath") or log_config.get("Path")
+        # Podman's compat API calls its k8s-file driver "json-file"; journald/none/passthrough have no file.
+        if not path or log_config.get("Type") in ("journald", "none", "passthrough"):
+            return None
+        try:
+            return _decode_tail(read_k8s_log_tail(path, max_bytes), max_bytes)
+        except (OSError, ValueError):
+            return None
+
+    def _logs_via_api(self, api: docker.APIClient, name: str, max_bytes: int) -> str:
+        """``GET /containers/{name}/logs`` with a growing ``tail`` until ``max_bytes`` are covered (Docker's
+        tail is cheap); Podman switches to one streamed ``tail=all`` early. Memory stays within ~2 x max_bytes."""
+        lines = max(100, max_bytes // 100)
+        if self._is_podman:
+            lines = min(lines, _PODMAN_MAX_TAIL)
+        while True:
+            data, entries = self._read_log_stream(api, name, lines, max_bytes)
+            complete = entries < lines  # the engine had fewer lines than asked for
+            if complete or len(data) >= max_bytes or lines >= max_bytes:
+                return _decode_tail(data, max_bytes)
+            if self._is_podman and lines >= _PODMAN_MAX_TAIL:
+                data, _ = self._read_log_stream(api, name, "all", max_bytes)
+                return _decode_tail(data, max_bytes)
+            lines = min(lines * 4, max_bytes)
+
+    @staticmethod
+    def _read_log_stream(
+        api: docker.APIClient, name: str, tail: int | str, max_bytes: int
+    ) -> tuple[bytes, int]:
+        """The log stream (stdout+stderr, in order) keeping only the last ``max_bytes``; also returns the
+        number of entries seen (max of frames and newlines, to compare with ``tail``)."""
+        res = api._get(
+            api._url("/containers/{0}/logs", name),
+            params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": tail},
+            stream=True,
+        )
+        out = bytearray()
+        counts = [0, 0]  # frames, newlines
+
+        def sink(_stream: int, payload: bytes | bytearray) -> None:
+            counts[0] += 1
+            counts[1] += payload.count(b"\n")
+            out.extend(payload)
+            if len(out) > 2 * max_bytes:
+                del out[: len(out) - max_bytes]
+
+        try:
+            api._raise_for_status(res)
+            parser = FrameParser(sink)
+            for chunk in res.iter_content(1 << 16):
+                parser.feed(chunk)
+        finally:
+            res.close()
+        return bytes(out[-max_bytes:]), max(counts)
+
+    # -------------------------------------------------------------------------------------- exec
+
+    async def exec(self, name: str, argv: list[str], timeout_sec: float) -> ExecResult:
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError("argv must be a non-empty list of strings")
+        return await self._run(f"exec in {name}", self._exec_sync, name, list(argv), float(timeout_sec))
+
+    def _exec_sync(self, name: str, argv: list[str], timeout_sec: float) -> ExecResult:
+        api = self._api()
+        info = self._require_running(api, name)
+        t0 = time.monotonic()
+        deadline = t0 + max(0.0, timeout_sec)
+        try:
+            exec_id = api.exec_create(name, argv, stdout=True, stderr=True, tty=False)["Id"]
+        except docker.errors.APIError as exc:
+            if "state improper" in _engine_message(exc) or exc.status_code == 409:
+                raise ContainerNotRunning(f"container {name} is not running") from exc
+            raise
+        res = api._post_json(
+            api._url("/exec/{0}/start", exec_id),
+            headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+            data={"Tty": False, "Detach": False},
+            stream=True,
+        )
+        out = {1: bytearray(), 2: bytearray()}
+
+        def sink(stream: int, payload: bytes | bytearray) -> None:
+            target = out[2] if stream == 2 else out[1]
+            room = self._exec_max - len(target)
+            if room > 0:
+                target.extend(payload[:room])
+
+        parser = FrameParser(sink)
+        timed_out = False
+        try:
+            api._raise_for_status(res)
+            # Read through the connection's buffered reader: bytes that arrived together with the response
+            # headers are already in its buffer (reading the raw socket would lose them).
+            fp = res.raw._fp.fp
+            sock = getattr(fp.raw, "_sock", None)
+            if sock is None:  # ssh:// or npipe connections: no socket whose timeout could be set
+                raise UnsupportedFeature("exec needs a unix:// or tcp:// connection to the engine")
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                sock.settimeout(remaining)
+                try:
+                    chunk = fp.read1(65536)
+                except TimeoutError:
+                    timed_out = True
+                    break
+                if not chunk:
+                    break
+                parser.feed(chunk)
+        finally:
+            res.close()
+        exit_code: int | None = None
+        if not timed_out:
+            exit_code, timed_out = self._exec_exit_code(api, exec_id, deadline)
+        if timed_out:
+            exit_code = None
+            self._kill_exec(api, exec_id, int((info.get("State") or {}).get("Pid") or 0))
+        return ExecResult(
+            exit_code=exit_code,
+            stdout=out[1].decode("utf-8", errors="replace"),
+            stderr=out[2].decode("utf-8", errors="replace"),
+            timed_out=timed_out,
+            duration_sec=time.monotonic() - t0,
+        )
+
+    @staticmethod
+    def _exec_exit_code(api: docker.APIClient, exec_id: str, deadline: float) -> tuple[int | None, bool]:
+        """(exit code, timed out) once the output stream has ended. The engine may record the exit a moment
+        after the stream ends, and a process that closed its stdout/stderr may still be running: wait for it
+        until the deadline (with a short grace for the former case)."""
+        give_up = max(deadline, time.monotonic() + 2.0)
+        delay = 0.01
+        while True:
+            inspected = api.exec_inspect(exec_id)
+            if not inspected.get("Running"):
+                code = inspected.get("ExitCode")
+                return (int(code) if code is not None else None), False
+            if time.monotonic() >= give_up:
+                return None, True
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    @staticmethod
+    def _kill_exec(api: docker.APIClient, exec_id: str, container_pid: int) -> None:
+        """Best effort: SIGKILL the exec'd process and its descendants, when the engine runs on this host and
+        reports host PIDs. Only processes in the container's PID namespace are ever signalled."""
+        try:
+            pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError):
+            return
+        if pid <= 0 or container_pid <= 0:
+            return
+        try:
+            ns = os.readlink(f"/proc/{container_pid}/ns/pid")
+        except OSError:
+            return
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+                ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+        victims: list[int] = []
+        todo = [pid]
+        while todo:
+            p = todo.pop()
+            victims.append(p)
+            todo.extend(children.get(p, []))
+        for victim in victims:
+            try:
+                if os.readlink(f"/proc/{victim}/ns/pid") != ns:
+                    continue
+                os.kill(victim, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+
+    # -------------------------------------------------------------------------------------- put_file
+
+    async def put_file(self, name: str, dest_path: str, src_path: str) -> None:
+        check_dest_path(dest_path)
+        if not os.path.isfile(src_path):
+            raise FileNotFoundError(f"{src_path} is not a readable file")
+        await self._run(f"upload to {name}", self._put_file_sync, name, dest_path, src_path)
+
+    def _path_stat(self, api: docker.APIClient, name: str, path: str) -> dict[str, Any] | None:
+        """The engine's stat of ``path`` in the container (HEAD /archive), or None when it does not exist."""
+        res = api.head(api._url("/containers/{0}/archive", name), params={"path": path})
+        try:
+            if res.status_code == 404:
+                return None
+            api._raise_for_status(res)
+            header = res.headers.get("X-Docker-Container-Path-Stat")
+            return json.loads(base64.b64decode(header)) if header else {}
+        finally:
+            res.close()
+
+    @staticmethod
+    def _is_dir(stat: dict[str, Any]) -> bool:
+        mode = int(stat.get("mode") or 0)
+        return bool(stat.get("isDir")) or bool(mode & _GO_MODE_DIR)
+
+    @staticmethod
+    def _is_symlink(stat: dict[str, Any]) -> bool:
+        return bool(int(stat.get("mode") or 0) & _GO_MODE_SYMLINK)
+
+    def _put_file_sync(self, name: str, dest_path: str, src_path: str) -> None:
+        api = self._api()
+        self._require_running(api, name)
+        existing = self._path_stat(api, name, dest_path)
+        if existing is not None and self._is_dir(existing):
+            raise BadDestination(f"dest_path {dest_path} is an existing directory; give the full file path")
+        # Find the deepest existing ancestor; the missing ones are created through the archive.
+        base = posixpath.dirname(dest_path)
+        missing: list[str] = []
+        while base != "/":
+            stat = self._path_stat(api, name, base)
+            if stat is None:
+                missing.append(base)
+                base = posixpath.dirname(base)
+                continue
+            if not (self._is_dir(stat) or self._is_symlink(stat)):
+                raise BadDestination(f"cannot create {dest_path}: {base} is a file, not a directory")
+            break
+
+        def rel(path: str) -> str:
+            return posixpath.relpath(path, base)
+
+        dirs = [rel(d) for d in reversed(missing)]
+        stream = tar_stream(dirs, rel(dest_path), src_path, chunk_bytes=self._chunk)
+        try:
+            ok = api.put_archive(name, base, stream)
+        except docker.errors.APIError as exc:
+            msg = _engine_message(exc)
+            low = msg.lower()
+            if "no such container" in low or "no container with" in low:
+                raise ContainerNotFound(f"no container named {name}") from exc
+            if (exc.status_code or 0) in (400, 403, 404) or _looks_permanent(msg):
+                raise BadDestination(f"cannot write {dest_path}: {msg}") from exc
+            raise
+        if not ok:
+            raise RuntimeErrorTemporary(f"the engine did not confirm the upload to {dest_path}")
+        written = self._path_stat(api, name, dest_path)
+        size = os.path.getsize(src_path)
+        if written is None or (not self._is_symlink(written) and int(written.get("size", size)) != size):
+            raise RuntimeErrorTemporary(f"upload to {dest_path} is incomplete; try again")
+
+    # -------------------------------------------------------------------------------------- misc
+
+    async def supports_gpus(self) -> bool:
+        try:
+            info = await self._run("engine info", lambda: self._api().info())
+        except RuntimeFailure:
+            return False
+        return "nvidia" in (info.get("Runtimes") or {})
+
+    async def ping(self) -> bool:
+        def _ping() -> bool:
+            return bool(self._api().ping())
+
+        try:
+            return await self._run("ping", _ping)
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
