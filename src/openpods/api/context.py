@@ -27,6 +27,7 @@ class AppContext:
     bus: Bus
     runtime: Any = None  # openpods.runtimes.base.Runtime, when a container engine is configured
     runtime_problem: str = ""  # why there is no runtime (shown on pods waiting in REQUESTED)
+    gpus_supported: bool = False  # whether the runtime can give containers GPUs
     storage: Any = None  # openpods.storage.base.StorageBackend
     proxy_secret: str = ""
     clock: Callable[[], datetime] = field(default=utcnow)

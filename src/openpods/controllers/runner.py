@@ -73,6 +73,10 @@ async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
 
     ctx.runtime = DockerRuntime(url, default_ulimits=[parse_ulimit(u) for u in settings.default_ulimits])
     controllers.closers.append(ctx.runtime.close)
+    try:
+        ctx.gpus_supported = await ctx.runtime.supports_gpus()
+    except Exception:  # an engine that cannot answer now is asked again on the next start
+        ctx.gpus_supported = False
     log.info("container engine: %s", url)
 
 

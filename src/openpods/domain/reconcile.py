@@ -76,9 +76,9 @@ def _phase(container: ContainerFacts) -> str:
             "Failed"}.get(container.state, "Unknown")
 
 
-def _container_status(container: ContainerFacts, message: str) -> dict[str, Any]:
-    started = container.started_at.replace(tzinfo=None).isoformat() if container.started_at else None
-    return {"phase": _phase(container), "start_time": started, "message": message}
+def _container_status(container: ContainerFacts, message: str, start: datetime | None = None) -> dict[str, Any]:
+    when = container.started_at.replace(tzinfo=None) if container.started_at else start
+    return {"phase": _phase(container), "start_time": when.isoformat() if when else None, "message": message}
 
 
 def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, listed_at: datetime,
@@ -166,7 +166,7 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
             d.status = st.AVAILABLE
             d.start_instance_ts = start
             d.log = "health set status to AVAILABLE"
-            d.status_container = _container_status(container, "Container is running.")
+            d.status_container = _container_status(container, "Container is running.", start)
         deadline_ts = time_to_stop_ts(start, pod.time_to_stop_default, pod.time_to_stop_instance)
         if deadline_ts != pod.time_to_stop_ts:
             d.time_to_stop_ts = deadline_ts

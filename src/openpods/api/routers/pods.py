@@ -59,6 +59,8 @@ def set_status(s: Session, pod: Pod, status: str, actor: str, message: str | Non
 
 def _validation(ctx: AppContext, s: Session, caller: Identity, fields: dict[str, Any]) -> None:
     errors = check_against_site(fields, ctx.limits)
+    if (fields.get("resources") or {}).get("gpus") and not ctx.gpus_supported:
+        errors.append("resources, gpus: this site's container engine cannot give containers GPUs.")
     if errors:
         raise BadRequest(errors)
     if fields.get("volume_mounts"):
