@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from openpods.api import permissions_common as perms
 from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, check_level
-from openpods.api.envelope import BadRequest, Conflict, envelope, ok
+from openpods.api.envelope import BadRequest, Conflict, no_change, ok
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
@@ -33,7 +33,6 @@ from openpods.store.db import transaction
 from openpods.store.tables import Pod, PodLog, PodSecret
 
 router = APIRouter(prefix="/v3/pods", tags=["pods"])
-NO_CHANGE = "Incoming data made no changes to pod. Is incoming data equal to current data?"
 RESTART_NOTE = "Changes take effect when the pod is (re)started: use restart_pod."
 
 
@@ -158,7 +157,7 @@ def update_pod(ctx: Ctx, caller: Caller, pod_id: str, body: UpdatePod) -> JSONRe
                                            ctx.settings.pods_domain(caller.tenant_id))
         changed = {k: v for k, v in sent.items() if getattr(pod, k) != v}
         if not changed:
-            return JSONResponse(envelope(pod_svc.pod_view(pod), NO_CHANGE, status="error"))
+            return no_change(pod_svc.pod_view(pod), "pod")
         for key, value in changed.items():
             setattr(pod, key, value)
         pod.modified_fields = sorted(tpl_svc.update_user_set(pod.modified_fields or [],

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
 from openpods.api.deps import Caller, Ctx, check_level
-from openpods.api.envelope import BadRequest, Conflict, Forbidden, NotFound, envelope, ok
+from openpods.api.envelope import BadRequest, Conflict, Forbidden, NotFound, no_change, ok
 from openpods.api.files import file_response, storage_errors
 from openpods.api.routers.volumes import MB, mounting_pods
 from openpods.auth.tokens import Identity
@@ -120,8 +120,7 @@ def update_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str, body: UpdateSnap
         row = load_snapshot(s, caller, snapshot_id, Level.USER)
         changed = {k: v for k, v in sent.items() if getattr(row, k) != v}
         if not changed:
-            return JSONResponse(envelope(snapshot_view(row), "Incoming data made no changes to snapshot. Is "
-                                         "incoming data equal to current data?", status="error"))
+            return no_change(snapshot_view(row), "snapshot")
         for key, value in changed.items():
             setattr(row, key, value)
         row.update_ts = repo.utcnow()

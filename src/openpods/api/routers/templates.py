@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
 from openpods.api.deps import Caller, Ctx, check_level
-from openpods.api.envelope import BadRequest, Conflict, NotFound, envelope, ok
+from openpods.api.envelope import BadRequest, Conflict, NotFound, no_change, ok
 from openpods.auth.tokens import Identity
 from openpods.domain import templates as tpl
 from openpods.domain.models import NewTemplate, NewTemplateTag, SetPermission, UpdateTemplate
@@ -90,8 +90,7 @@ def update_template(ctx: Ctx, caller: Caller, template_id: str, body: UpdateTemp
         row = load_template(s, caller, template_id, Level.USER)
         changed = {k: v for k, v in sent.items() if getattr(row, k) != v}
         if not changed:
-            return JSONResponse(envelope(svc.template_view(row), "Incoming data made no changes to template. Is "
-                                         "incoming data equal to current data?", status="error"))
+            return no_change(svc.template_view(row), "template")
         for key, value in changed.items():
             setattr(row, key, value)
         row.update_ts = repo.utcnow()

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
 from openpods.api.deps import Caller, Ctx, check_level
-from openpods.api.envelope import BadRequest, Conflict, envelope, ok
+from openpods.api.envelope import BadRequest, Conflict, no_change, ok
 from openpods.api.files import file_response, storage_errors
 from openpods.auth.tokens import Identity
 from openpods.domain import status as st
@@ -111,8 +111,7 @@ def update_volume(ctx: Ctx, caller: Caller, volume_id: str, body: UpdateVolume) 
         row = load_volume(s, caller, volume_id, Level.USER)
         changed = {k: v for k, v in sent.items() if getattr(row, k) != v}
         if not changed:
-            return JSONResponse(envelope(volume_view(row), "Incoming data made no changes to volume. Is incoming "
-                                         "data equal to current data?", status="error"))
+            return no_change(volume_view(row), "volume")
         for key, value in changed.items():
             setattr(row, key, value)
         row.update_ts = repo.utcnow()
