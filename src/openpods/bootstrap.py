@@ -47,7 +47,26 @@ def build_context(settings: Settings, *, migrate: bool = True, bus: Bus | None =
         bus=bus or make_bus(settings),
         proxy_secret=settings.proxy_secret or load_or_create_secret(keys / "proxy-secret"),
     )
+    from openpods.services.proxy import DynamicConfig
+
+    ctx.proxy_config = DynamicConfig()
+    ctx.installation_id = installation_id(ctx)
     return ctx
+
+
+def installation_id(ctx: AppContext) -> str:
+    """A random id made once per installation (database); it labels our containers so that two installations
+    sharing one container engine never remove each other's containers."""
+    import uuid
+
+    from openpods.store.tables import Meta
+
+    with db.transaction(ctx.sessions) as s:
+        row = s.get(Meta, "installation_id")
+        if row is None:
+            row = Meta(key="installation_id", value=uuid.uuid4().hex[:16])
+            s.add(row)
+        return row.value
 
 
 def ensure_admin(ctx: AppContext, *, announce: bool = True) -> str | None:

@@ -7,7 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from openpods import __version__
 from openpods.api.context import AppContext
-from openpods.api.envelope import install_error_handlers
+from openpods.api.envelope import GuardMiddleware, install_error_handlers
 from openpods.api.routers import (
     auth,
     images,
@@ -44,4 +44,5 @@ def create_app(ctx: AppContext) -> FastAPI:
         )
     for module in (misc, auth, proxy, templates, images, snapshots, volumes, jupyter, pod_runtime, pods):
         app.include_router(module.router)
+    app.add_middleware(GuardMiddleware)  # added last: the outermost layer
     return app

@@ -28,6 +28,8 @@ class AppContext:
     runtime: Any = None  # openpods.runtimes.base.Runtime, when a container engine is configured
     runtime_problem: str = ""  # why there is no runtime (shown on pods waiting in REQUESTED)
     gpus_supported: bool = False  # whether the runtime can give containers GPUs
+    installation_id: str = ""  # labels this installation's containers (never touch another's)
+    proxy_config: Any = None  # services.proxy.DynamicConfig (render cache), made on first use
     storage: Any = None  # openpods.storage.base.StorageBackend
     proxy_secret: str = ""
     clock: Callable[[], datetime] = field(default=utcnow)

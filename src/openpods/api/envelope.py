@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -107,6 +108,39 @@ def validation_messages(errors: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+class GuardMiddleware:
+    """Outermost layer: refuses paths with control characters before anything looks them up (a NUL byte
+    cannot even reach PostgreSQL), and turns an unexpected exception into a 500 envelope *without* letting it
+    propagate, so the server keeps the client's connection alive."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if any(ord(c) < 32 or ord(c) == 127 for c in path):
+            await error_response(400, ["path: control characters are not allowed in URLs."])(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("Unexpected error on %s %s", scope.get("method"), path)
+            if started:
+                raise
+            await error_response(500, "Unexpected server error; it has been logged.")(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TapisError)
     async def _tapis(_: Request, exc: TapisError) -> JSONResponse:
@@ -129,7 +163,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "Method not allowed for this endpoint."
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("Unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "Unexpected server error; it has been logged.")
+    @app.exception_handler(DataError)
+    async def _data_error(_: Request, exc: DataError) -> JSONResponse:
+        # Values the database cannot store (e.g. out of range for the column): the client's input.
+        log.info("database refused a value: %s", exc.orig)
+        return error_response(400, ["A value in the request is out of range or has characters that cannot be stored."])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 from starlette.responses import StreamingResponse
 
@@ -50,9 +51,8 @@ def file_response(storage: Any, kind: str, tenant_id: str, object_id: str, path:
             if info.type != "dir":
                 raise BadRequest(["zip: only directories are zipped; download files as they are."])
             chunks = storage.zip_directory(kind, tenant_id, object_id, path)
-            name = info.name or object_id
             return StreamingResponse(chunks, media_type="application/zip",
-                                     headers={"Content-Disposition": f'attachment; filename="{name}.zip"'})
+                                     headers={"Content-Disposition": disposition(f"{info.name or object_id}.zip")})
         handle, size, name = storage.open_file(kind, tenant_id, object_id, path)
 
     def stream() -> Iterator[bytes]:
@@ -60,7 +60,11 @@ def file_response(storage: Any, kind: str, tenant_id: str, object_id: str, path:
             while chunk := handle.read(1024 * 1024):
                 yield chunk
 
-    safe = name.replace('"', "")
     return StreamingResponse(stream(), media_type="application/octet-stream",
-                             headers={"Content-Disposition": f'attachment; filename="{safe}"',
-                                      "Content-Length": str(size)})
+                             headers={"Content-Disposition": disposition(name), "Content-Length": str(size)})
+
+
+def disposition(name: str) -> str:
+    """``attachment`` with an ASCII fallback name and the exact UTF-8 name (RFC 6266 / 5987)."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

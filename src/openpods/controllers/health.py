@@ -20,18 +20,19 @@ from sqlalchemy.orm.exc import StaleDataError
 from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
-from openpods.domain.container_spec import container_name
+from openpods.domain.container_spec import LABEL_INSTALLATION, container_name
 from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide
 from openpods.runtimes.base import ContainerState, RuntimeFailure
 from openpods.services import pods as pod_svc
 from openpods.store import repo
 from openpods.store.db import transaction
-from openpods.store.tables import Pod, PodLog
+from openpods.store.tables import Pod, PodLog, Snapshot, Volume
 
 log = logging.getLogger(__name__)
 PASS_SECONDS = Histogram("openpods_health_pass_seconds", "Duration of one health pass.")
 ENGINE_CALLS = Counter("openpods_health_engine_calls_total", "Container engine calls made by the health loop.",
                        ["call"])
+UNEXPECTED = Counter("openpods_unexpected_storage_dirs_total", "Storage directories found without a row.")
 ORPHANS = Counter("openpods_orphan_containers_removed_total", "Containers removed because no pod owns them.")
 
 
@@ -61,6 +62,7 @@ class Health:
         self.ctx = ctx
         self.clock = clock or ctx.clock
         self.last = PassStats()
+        self._reported: set[str] = set()
 
     async def run(self) -> None:
         while True:
@@ -85,11 +87,13 @@ class Health:
             stats.engine_calls += 1
             ENGINE_CALLS.labels("list").inc()
             for c in listed:
-                if c.tenant_id and c.pod_id:
+                # Only our installation's containers: another installation on the same engine is not ours to judge.
+                if c.tenant_id and c.pod_id and c.labels.get(LABEL_INSTALLATION) == self.ctx.installation_id:
                     containers[(c.tenant_id, c.pod_id)] = c
             stats.containers = len(listed)
         # Pods are read after the list call: a container listed above whose pod row is gone is an orphan.
         pods = await asyncio.to_thread(self._load_pods)
+        await asyncio.to_thread(self._report_unexpected_storage)
         stats.pods = len(pods)
         known = {(p.tenant_id, p.pod_id) for p in pods}
         for key, c in containers.items():
@@ -119,6 +123,29 @@ class Health:
         PASS_SECONDS.observe(stats.seconds)
         self.last = stats
         return stats
+
+    def _report_unexpected_storage(self) -> None:
+        """Directories with no volume or snapshot row are reported (once each), never deleted: a database
+        glitch must not cost anyone their data."""
+        storage = self.ctx.storage
+        if storage is None:
+            return
+        with self.ctx.sessions() as s:
+            volumes = s.execute(select(Volume.tenant_id, Volume.volume_id)).all()
+            snapshots = s.execute(select(Snapshot.tenant_id, Snapshot.snapshot_id)).all()
+        tenants = {t.tenant_id for t in self.ctx.settings.all_tenants()}
+        tenants |= {t for t, _ in volumes} | {t for t, _ in snapshots}
+        for tenant_id in sorted(tenants):
+            try:
+                found = storage.find_unexpected(tenant_id, [v for t, v in volumes if t == tenant_id],
+                                                [n for t, n in snapshots if t == tenant_id])
+            except (OSError, ValueError):
+                continue
+            for path in found:
+                if path not in self._reported:
+                    self._reported.add(path)
+                    UNEXPECTED.inc()
+                    log.warning("storage directory without a database row (kept, not deleted): %s", path)
 
     def _load_pods(self) -> list[Pod]:
         with self.ctx.sessions() as s:

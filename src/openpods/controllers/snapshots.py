@@ -19,6 +19,7 @@ from sqlalchemy import select
 from openpods.api.context import AppContext
 from openpods.bus.base import SNAPSHOTS
 from openpods.domain.snapshot_policy import due_runs, select_to_prune
+from openpods.services.mounts import effective_mounts
 from openpods.services.snapshots import run_id, take_snapshot
 from openpods.store import repo
 from openpods.store.db import transaction
@@ -85,19 +86,30 @@ class SnapshotScheduler:
         self._copy(tenant_id, child_id)
 
     def _copy(self, tenant_id: str, child_id: str) -> None:
-        with transaction(self.ctx.sessions) as s:
+        with self.ctx.sessions() as s:
             row = s.get(Snapshot, (tenant_id, child_id))
             if row is None or row.status != "CREATING":
                 return
-            self.ctx.storage.delete_snapshot(tenant_id, child_id)  # a partial copy of a killed run, if any
-            try:
-                take_snapshot(self.ctx.storage, row)
-                RUNS.labels("taken").inc()
-            except Exception as exc:
-                row.status = "ERROR"
-                row.description = f"{row.description} — failed: {exc}"[:255]
-                RUNS.labels("failed").inc()
-            row.update_ts = repo.utcnow()
+            s.expunge(row)
+        # The copy runs outside any transaction: it may take long and must not hold the database.
+        self.ctx.storage.delete_snapshot(tenant_id, child_id)  # a partial copy of a killed run, if any
+        error = ""
+        try:
+            take_snapshot(self.ctx.storage, row)
+            RUNS.labels("taken").inc()
+        except Exception as exc:
+            error = str(exc)
+            RUNS.labels("failed").inc()
+        with transaction(self.ctx.sessions) as s:
+            saved = s.get(Snapshot, (tenant_id, child_id))
+            if saved is None:
+                return
+            if error:
+                saved.status = "ERROR"
+                saved.description = f"{saved.description} — failed: {error}"[:255]
+            else:
+                saved.status, saved.size = row.status, row.size
+            saved.update_ts = repo.utcnow()
 
     def _resume_interrupted(self) -> None:
         with self.ctx.sessions() as s:
@@ -119,7 +131,8 @@ class SnapshotScheduler:
             if not doomed:
                 return
             mounted = {key for pod in s.scalars(select(Pod).where(Pod.tenant_id == tenant_id))
-                       for key, m in (pod.volume_mounts or {}).items() if m.get("type") == "tapissnapshot"}
+                       for key, m in effective_mounts(s, pod, self.ctx.settings).items()
+                       if m.get("type") == "tapissnapshot"}
             for run in runs:
                 if run.snapshot_id in doomed and run.snapshot_id not in mounted:
                     s.delete(run)

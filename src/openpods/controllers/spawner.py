@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
 from openpods.api.context import AppContext
-from openpods.bus.base import SPAWNER
+from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
 from openpods.domain.container_spec import ContainerSpec
 from openpods.runtimes.base import RuntimeErrorPermanent, RuntimeFailure
@@ -141,5 +141,7 @@ class Spawner:
             SPAWNS.labels("created").inc()
             await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.CREATING,
                                     "Container created.", dict(state.host_ports))
+            # The health loop turns CREATING into AVAILABLE: tell it now rather than at its next pass.
+            self.ctx.bus.publish(Wakeup(HEALTH, tenant_id, pod_id))
         finally:
             self._inflight.discard(key)

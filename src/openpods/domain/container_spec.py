@@ -21,6 +21,7 @@ from typing import Any
 LABEL_TENANT = "openpods.tenant"
 LABEL_POD_ID = "openpods.pod_id"
 LABEL_INSTANCE = "openpods.instance"
+LABEL_INSTALLATION = "openpods.installation"
 LABEL_MANAGED = "openpods.managed"
 MANAGED_VALUE = "true"
 MANAGED_SELECTOR = f"{LABEL_MANAGED}={MANAGED_VALUE}"

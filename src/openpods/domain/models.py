@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 ID_RE = re.compile(r"^[a-z][a-z0-9]+$")
 RESERVED_POD_IDS = frozenset(
     {"catalog", "catalogs", "snapshot", "snapshots", "volume", "volumes", "admin", "image", "images", "template",
-     "templates", "healthcheck", "jupyter", "traefikconfig"}
+     "templates", "healthcheck", "jupyter", "traefikconfig", "docs"}
 )
 STANZA_KEY_RE = re.compile(r"^[a-z0-9]+$")
 TAG_RE = re.compile(r"^[A-Za-z0-9.-]+$")
@@ -27,6 +27,7 @@ PROTOCOLS = ("http", "tcp", "postgres", "local_only")
 MOUNT_TYPES = ("tapisvolume", "tapissnapshot", "pvc")
 LEVELS = ("READ", "USER", "ADMIN")
 STATUS_REQUESTED = ("ON", "OFF", "RESTART")
+MAX_TIME_TO_STOP_SEC = 10 * 365 * 24 * 3600
 
 
 class Strict(BaseModel):
@@ -46,6 +47,8 @@ def check_id(value: str, what: str, *, min_len: int = 3, max_len: int = 64) -> s
 
 
 def check_description(value: str, what: str = "description") -> str:
+    if any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} must not contain control characters.")
     if len(value) > 255:
         raise ValueError(f"{what} must be 255 characters or fewer.")
     if not value.isascii():
@@ -272,6 +275,8 @@ def check_time_to_stop(value: int | None, what: str) -> int | None:
     # Site minimum is checked in domain.pods; here only the shape.
     if value is not None and value != -1 and value < 1:
         raise ValueError(f"{what} must be -1 (unlimited) or a positive number of seconds.")
+    if value is not None and value > MAX_TIME_TO_STOP_SEC:
+        raise ValueError(f"{what} must be at most {MAX_TIME_TO_STOP_SEC} seconds (10 years); use -1 for unlimited.")
     return value
 
 
@@ -558,6 +563,13 @@ class UpdateSnapshot(Strict):
 # ---------------------------------------------------------------------------------------------- templates
 
 
+def check_metatags(v: list[str]) -> list[str]:
+    for tag in v:
+        if not tag or len(tag) > 64 or not tag.isascii() or any(ord(c) < 32 for c in tag):
+            raise ValueError("metatags entries must be 1-64 printable ASCII characters.")
+    return v
+
+
 class NewTemplate(Strict):
     template_id: str
     description: str = ""
@@ -585,16 +597,18 @@ class NewTemplate(Strict):
     @field_validator("metatags")
     @classmethod
     def _metatags(cls, v: list[str]) -> list[str]:
-        for tag in v:
-            if not tag or len(tag) > 64 or not tag.isascii():
-                raise ValueError("metatags entries must be 1-64 ASCII characters.")
-        return v
+        return check_metatags(v)
 
 
 class UpdateTemplate(Strict):
     description: str = ""
     metatags: list[str] = Field(default_factory=list)
     archive_message: str = ""
+
+    @field_validator("metatags")
+    @classmethod
+    def _metatags(cls, v: list[str]) -> list[str]:
+        return check_metatags(v)
 
     @field_validator("description")
     @classmethod
@@ -728,3 +742,10 @@ class TokenRequest(BaseModel):
     password: Annotated[str, Field(min_length=1, max_length=1024)]
     grant_type: Literal["password"] = "password"
     tenant_id: str | None = None
+
+    @field_validator("username", "password", "tenant_id")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        if v is not None and any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("must not contain control characters.")
+        return v

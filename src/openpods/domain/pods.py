@@ -81,14 +81,15 @@ _TAG_RE = re.compile(r":([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 
 def split_image(ref: str) -> tuple[str, str | None]:
     """``registry:5000/org/name:tag`` → (``registry:5000/org/name``, ``tag``). A digest counts as the tag."""
+    digest = ""
     if "@" in ref:
-        name, _, digest = ref.partition("@")
-        return name, "@" + digest
+        ref, _, digest = ref.partition("@")
+        digest = "@" + digest
     last = ref.rsplit("/", 1)[-1]
     m = _TAG_RE.search(last)
     if not m:
-        return ref, None
-    return ref[: len(ref) - len(m.group(0))], m.group(1)
+        return ref, (digest or None)
+    return ref[: len(ref) - len(m.group(0))], m.group(1) + digest
 
 
 def tenant_in_scope(tenant_id: str, scopes: Iterable[str]) -> bool:
@@ -110,7 +111,8 @@ def image_allowed(image: str, tenant_id: str, entries: Iterable[tuple[str, Itera
     candidates = [(entry, scopes) for entry, scopes in entries] + [(entry, ("**",)) for entry in site_list]
     for entry, scopes in candidates:
         e_name, e_tag = split_image(entry)
-        if e_name == name and (e_tag is None or e_tag == tag) and tenant_in_scope(tenant_id, scopes):
+        tag_ok = e_tag is None or e_tag == tag or (tag or "").startswith(f"{e_tag}@")
+        if e_name == name and tag_ok and tenant_in_scope(tenant_id, scopes):
             return True
     return False
 

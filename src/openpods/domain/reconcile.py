@@ -86,16 +86,17 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
     """``container`` is the pod's container as listed at ``listed_at`` (None: there was none). ``now`` and
     ``listed_at`` are naive UTC like the stored timestamps."""
     d = Decision()
+    # Only trust what the list showed for a status that was set before the list call was made.
+    settled = pod.status_since <= listed_at
     stale = container is not None and container.instance_id != pod.instance_id
-    if stale and pod.status != st.SPAWNER_SETUP:
+    if stale and pod.status != st.SPAWNER_SETUP and settled:
         # A leftover of an earlier instance: remove it; the rules below see "no container".
         d.remove_container = True
         d.log = "health removed a container of an earlier instance"
         container = None
     elif stale:
-        container = None  # the spawner is replacing it right now
-    # Only trust "no container" for a status that was set before the list call was made.
-    settled = pod.status_since <= listed_at
+        # The spawner is replacing it right now, or the pod changed since the list: look again next pass.
+        return d
     overdue = now - pod.status_since > deadline
 
     if pod.status_requested in (st.OFF, st.RESTART):
@@ -136,7 +137,9 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
             d.wake_spawner = True
         return d
     if pod.status == st.SPAWNER_SETUP:
-        if overdue and container is None:
+        # Past the deadline the spawner died mid-way (with or without having made the container):
+        # re-request; ensure_running finds or replaces the container, never duplicating it.
+        if overdue:
             d.status = st.REQUESTED
             d.wake_spawner = True
             d.log = f"health re-requested pod stuck in SPAWNER SETUP for over {deadline.total_seconds():.0f}s"

@@ -628,6 +628,11 @@ class DockerRuntime(Runtime):
             if spec.gpus and "device driver" in msg.lower():
                 self._force_remove(api, spec.name)
                 raise UnsupportedFeature(f"GPUs are not available on this container engine: {msg}") from exc
+            if "address already in use" in msg.lower():
+                # The engine handed out a host port another container took meanwhile: a new container gets
+                # a new port, so remove this one and let the caller try again.
+                self._force_remove(api, spec.name)
+                raise RuntimeErrorTemporary(f"container {spec.name} could not start (port clash): {msg}") from exc
             if _looks_permanent(msg) or 400 <= (exc.status_code or 0) < 500:
                 raise RuntimeErrorPermanent(f"container {spec.name} could not start: {msg}") from exc
             raise RuntimeErrorTemporary(f"container {spec.name} could not start: {msg}") from exc

@@ -28,3 +28,15 @@ def check_mount_access(s: Session, caller: Identity, mounts: dict[str, Any]) -> 
                                 site_admin=caller.is_admin)
         if level < needed:
             raise Forbidden(f"volume_mounts, {key}: mounting needs {needed.name} on {object_type} '{key}'.")
+
+
+def effective_mounts(s: Session, pod: Any, settings: Any) -> dict[str, Any]:
+    """The mounts a pod really has: its own merged with its templates' (a template's mounts count too)."""
+    if not pod.template:
+        return dict(pod.volume_mounts or {})
+    from openpods.services.templates import derive
+
+    try:
+        return dict(derive(s, pod, settings).get("volume_mounts") or {})
+    except Exception:  # a broken template chain cannot run; its own mounts are what is known
+        return dict(pod.volume_mounts or {})

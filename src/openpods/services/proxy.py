@@ -66,6 +66,8 @@ class DynamicConfig:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._body = b"{}"
+        self.errors: dict[tuple[str, str], list[str]] = {}
+        self.fresh = False
 
     @staticmethod
     def _change_key(s: Session) -> tuple[Any, ...]:
@@ -85,9 +87,11 @@ class DynamicConfig:
         )
         routes = []
         for tenant_id, pod_id, stanzas, host_ports in rows:
-            stanzas = stanzas or {}
-            hostnames = {k: v.get("url", "") for k, v in stanzas.items() if isinstance(v, dict)}
-            backends = {k: f"127.0.0.1:{p}" for k, p in (host_ports or {}).items()}
+            # Rows are data, possibly malformed: the renderer validates and reports per pod.
+            hostnames = ({k: v.get("url", "") for k, v in stanzas.items() if isinstance(v, dict)}
+                         if isinstance(stanzas, dict) else {})
+            backends = ({k: f"127.0.0.1:{p}" for k, p in host_ports.items()}
+                        if isinstance(host_ports, dict) else {})
             routes.append(PodRoutes(tenant_id=tenant_id, pod_id=pod_id, stanzas=stanzas, hostnames=hostnames,
                                     backends=backends))
         result = render_dynamic_config(routes, render_settings(settings, secret))
@@ -95,4 +99,13 @@ class DynamicConfig:
         with self._lock:
             self._key, self._body = key, body
             self.errors = result.errors
+            self.fresh = True
         return body
+
+    def take_fresh_errors(self) -> dict[tuple[str, str], list[str]] | None:
+        """The errors of the last render, once per render (None if already taken)."""
+        with self._lock:
+            if not self.fresh:
+                return None
+            self.fresh = False
+            return dict(self.errors)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from openpods.api.context import AppContext
-from openpods.domain.container_spec import ContainerSpec, MountSpec, build_container_spec, parse_ulimit
+from openpods.domain.container_spec import (
+    LABEL_INSTALLATION,
+    ContainerSpec,
+    MountSpec,
+    build_container_spec,
+    parse_ulimit,
+)
 from openpods.services import pods as pod_svc
 from openpods.services import templates as tpl_svc
 from openpods.services.images import check_image_allowed
@@ -59,4 +66,5 @@ def build_spec(ctx: AppContext, s: Session, pod: Pod) -> tuple[ContainerSpec, di
         )
     except ValueError as exc:
         raise SpawnRefused(str(exc)) from None
+    spec = dataclasses.replace(spec, labels={**spec.labels, LABEL_INSTALLATION: ctx.installation_id})
     return spec, derived.get("networking") or {}

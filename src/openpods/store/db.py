@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same for every OpenPods process sharing a database.
 _MIGRATION_LOCK_ID = 0x0DE9_0D5
@@ -59,6 +62,18 @@ def upgrade(engine: Engine) -> None:
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK_ID})
                 conn.commit()
+
+
+def retry_on_integrity_error(fn: Callable[[], T], attempts: int = 5) -> T:
+    """Run ``fn`` (which opens its own transaction) again when a concurrent writer took the key it computed
+    (e.g. the next tag_timestamp of a template)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

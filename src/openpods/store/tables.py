@@ -151,7 +151,19 @@ class TemplateTag(Base):
     # Strictly increasing per template: orders tags made within the same second.
     seq: Mapped[int] = mapped_column(Integer, default=0)
 
-    __table_args__ = (Index("ix_template_tags_tag", "tenant_id", "template_id", "tag", "seq"),)
+    __table_args__ = (
+        Index("ix_template_tags_tag", "tenant_id", "template_id", "tag", "seq"),
+        # seq decides which version is newest: two concurrent writers must not share one.
+        Index("ux_template_tags_seq", "tenant_id", "template_id", "seq", unique=True),
+    )
+
+
+class Meta(Base):
+    """Installation-wide facts (e.g. the installation id that labels this installation's containers)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class Volume(Base):

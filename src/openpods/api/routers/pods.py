@@ -29,7 +29,7 @@ from openpods.services import templates as tpl_svc
 from openpods.services.images import check_image_allowed
 from openpods.services.mounts import check_mount_access
 from openpods.store import repo
-from openpods.store.db import transaction
+from openpods.store.db import retry_on_integrity_error, transaction
 from openpods.store.tables import Pod, PodLog, PodSecret
 
 router = APIRouter(prefix="/v3/pods", tags=["pods"])
@@ -66,6 +66,20 @@ def _validation(ctx: AppContext, s: Session, caller: Identity, fields: dict[str,
         check_mount_access(s, caller, fields["volume_mounts"])
 
 
+def check_effective(ctx: AppContext, s: Session, caller: Identity, pod: Pod) -> None:
+    """The pod as it will run (own fields over its templates) must pass every rule the user's own fields
+    must pass: site bounds, an allowed image, and the caller's access to every volume and snapshot it mounts.
+    Otherwise a template would lend what the caller may not have."""
+    derived = tpl_svc.derive(s, pod, ctx.settings)
+    keys = ("resources", "time_to_stop_default", "time_to_stop_instance", "compute_queue", "networking")
+    errors = check_against_site({k: derived.get(k) for k in keys if derived.get(k) is not None}, ctx.limits)
+    if errors:
+        raise BadRequest([f"(from the template) {e}" for e in errors] if pod.template else errors)
+    check_image_allowed(s, ctx.settings, caller.tenant_id, derived.get("image") or "")
+    if derived.get("volume_mounts"):
+        check_mount_access(s, caller, derived["volume_mounts"])
+
+
 def _retrying(fn):
     """Controllers update pods concurrently (optimistic locking on ``revision``): retry a lost race."""
 
@@ -95,6 +109,13 @@ def list_pods(ctx: Ctx, caller: Caller) -> JSONResponse:
 
 @router.post("", operation_id="create_pod", summary="create_pod")
 def create_pod(ctx: Ctx, caller: Caller, body: NewPod) -> JSONResponse:
+    try:
+        return _create_pod(ctx, caller, body)
+    except IntegrityError:  # a concurrent create of the same id won the race
+        raise Conflict(f"Pod with identifier '{body.pod_id}' already exists.") from None
+
+
+def _create_pod(ctx: AppContext, caller: Identity, body: NewPod) -> JSONResponse:
     fields = body.model_dump()
     user_set = tpl_svc.user_set_fields(body.model_dump(exclude_unset=True))
     with transaction(ctx.sessions) as s:
@@ -117,10 +138,12 @@ def create_pod(ctx: Ctx, caller: Caller, body: NewPod) -> JSONResponse:
             status=st.STOPPED, status_container={}, status_since=now, instance_id="", host_ports={},
             proxy_errors=[], creation_ts=now, update_ts=now,
         )
-        # The effective image (own or from the template chain) must be allowed for the caller's tenant.
-        derived = tpl_svc.derive(s, pod, ctx.settings)
-        check_image_allowed(s, ctx.settings, caller.tenant_id, derived.get("image") or "")
+        check_effective(ctx, s, caller, pod)
         s.add(pod)
+        try:
+            s.flush()
+        except IntegrityError:
+            raise Conflict(f"Pod with identifier '{body.pod_id}' already exists.") from None
         s.add(pod_svc.create_credentials(ctx.secrets, caller.tenant_id, body.pod_id))
         repo.set_grant(s, "pod", caller.tenant_id, body.pod_id, caller.username, "ADMIN")
         repo.add_action_log(s, "pod", caller.tenant_id, body.pod_id, caller.username,
@@ -151,6 +174,12 @@ def update_pod(ctx: Ctx, caller: Caller, pod_id: str, body: UpdatePod) -> JSONRe
     sent = body.model_dump(include=body.model_fields_set)
     with transaction(ctx.sessions) as s:
         pod = load_pod(s, caller, pod_id, Level.USER)
+        if "resources" in sent:
+            # Only the sub-fields sent change; the others keep their values.
+            sent["resources"] = {**(pod.resources or {}), **body.resources.model_dump(exclude_unset=True)}
+        if sent.get("status_requested", pod.status_requested) != pod.status_requested:
+            # Changing it starts, stops or restarts the pod: the same level as those endpoints.
+            check_level(s, caller, "pod", pod_id, Level.ADMIN, exists=True)
         _validation(ctx, s, caller, sent)
         if "networking" in sent:
             sent["networking"] = with_urls(sent["networking"], pod.pod_id,
@@ -163,10 +192,7 @@ def update_pod(ctx: Ctx, caller: Caller, pod_id: str, body: UpdatePod) -> JSONRe
         pod.modified_fields = sorted(tpl_svc.update_user_set(pod.modified_fields or [],
                                                              body.model_dump(exclude_unset=True)))
         pod.update_ts = repo.utcnow()
-        if "volume_mounts" in changed or "environment_variables" in changed:
-            # Re-check the effective definition still passes (e.g. a template's image stays allowed).
-            derived = tpl_svc.derive(s, pod, ctx.settings)
-            check_image_allowed(s, ctx.settings, caller.tenant_id, derived.get("image") or "")
+        check_effective(ctx, s, caller, pod)
         repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, caller.username,
                             f"'{caller.username}' updated pod, updated_fields: {sorted(changed)}")
         view = pod_svc.pod_view(pod)
@@ -305,8 +331,7 @@ def restart_pod(ctx: Ctx, caller: Caller, pod_id: str, grab_latest_template_tag:
             if new != pod.template:
                 note = f" (template {pod.template} -> {new})"
                 pod.template = new
-                derived = tpl_svc.derive(s, pod, ctx.settings)
-                check_image_allowed(s, ctx.settings, caller.tenant_id, derived.get("image") or "")
+                check_effective(ctx, s, caller, pod)
         pod.update_ts = repo.utcnow()
         if pod.status in (st.STOPPED, *st.FINISHED):
             pod.status_requested = st.ON
@@ -326,6 +351,11 @@ def restart_pod(ctx: Ctx, caller: Caller, pod_id: str, grab_latest_template_tag:
 @router.post("/{pod_id_net}/save_pod_as_template_tag", operation_id="save_pod_as_template_tag",
              summary="save_pod_as_template_tag")
 def save_pod_as_template_tag(ctx: Ctx, caller: Caller, pod_id_net: str, body: NewTemplateTagFromPod) -> JSONResponse:
+    return retry_on_integrity_error(lambda: _save_pod_as_template_tag(ctx, caller, pod_id_net, body))
+
+
+def _save_pod_as_template_tag(ctx: AppContext, caller: Identity, pod_id_net: str,
+                              body: NewTemplateTagFromPod) -> JSONResponse:
     from openpods.api.routers.templates import load_template
 
     pod_id, _ = split_pod_id_net(pod_id_net)

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import jwt
 from fastapi import APIRouter, Form, Request
-from sqlalchemy import update
+from sqlalchemy import select, update
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from openpods.api.context import AppContext
@@ -29,7 +29,6 @@ from openpods.api.deps import Caller, Ctx, identity_from_token, require_site_adm
 from openpods.api.envelope import BadRequest, Forbidden, NotFound, Unauthorized, error_response
 from openpods.auth.tokens import verify_password
 from openpods.domain.pods import split_pod_id_net
-from openpods.services.proxy import DynamicConfig
 from openpods.store import repo
 from openpods.store.db import transaction
 from openpods.store.tables import Pod
@@ -38,29 +37,35 @@ router = APIRouter()
 SECRET_HEADER = "X-OpenPods-Proxy-Secret"
 COOKIE = "X-Tapis-Token"
 CODE_TTL_SEC = 120
-_dynamic = DynamicConfig()
 _used_codes: dict[str, float] = {}
 _used_lock = threading.Lock()
 
 
 def _config_response(ctx: AppContext) -> Response:
+    dynamic = ctx.proxy_config
     with ctx.sessions() as s:
-        body = _dynamic.body(s, ctx.settings, ctx.proxy_secret)
-        errors = getattr(_dynamic, "errors", {})
-        if errors:
-            _report_proxy_errors(ctx, errors)
+        body = dynamic.body(s, ctx.settings, ctx.proxy_secret)
+    errors = dynamic.take_fresh_errors()
+    if errors is not None:
+        _report_proxy_errors(ctx, errors)
     return Response(body, media_type="application/json")
 
 
 def _report_proxy_errors(ctx: AppContext, errors: dict[tuple[str, str], list[str]]) -> None:
-    """Skipped stanzas are reported on their pod (a column, and the action log), never silently dropped."""
+    """After each render: skipped stanzas are reported on their pod (a column, and the action log), and
+    reports of pods that render cleanly again are cleared. Core UPDATEs: no revision bump, so reporting does
+    not itself count as a change to re-render."""
     with transaction(ctx.sessions) as s:
         for (tenant_id, pod_id), problems in errors.items():
-            # A core UPDATE: no revision bump, so reporting does not itself count as a change to re-render.
             s.execute(update(Pod).where(Pod.tenant_id == tenant_id, Pod.pod_id == pod_id)
                       .values(proxy_errors=problems))
             repo.add_action_log(s, "pod", tenant_id, pod_id, "proxy",
                                 "proxy skipped networking: " + "; ".join(problems)[:900])
+        reported = s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.proxy_errors)).all()
+        for tenant_id, pod_id, current in reported:
+            if current and (tenant_id, pod_id) not in errors:
+                s.execute(update(Pod).where(Pod.tenant_id == tenant_id, Pod.pod_id == pod_id)
+                          .values(proxy_errors=[]))
 
 
 @router.get("/traefik-config", operation_id="traefik_config", summary="traefik_config")

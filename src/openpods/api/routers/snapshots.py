@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
+from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, Forbidden, NotFound, no_change, ok
 from openpods.api.files import file_response, storage_errors
@@ -25,6 +27,7 @@ from openpods.store.db import transaction
 from openpods.store.tables import Snapshot, Volume
 
 router = APIRouter(prefix="/v3/pods/snapshots", tags=["snapshots"])
+MAX_SCHEDULED_ID = 128 - len("r20260101000000")
 
 
 def snapshot_view(row: Snapshot) -> dict[str, Any]:
@@ -46,8 +49,11 @@ def _exists(snapshot_id: str, tenant_id: str):
     return lambda s: s.get(Snapshot, (tenant_id, snapshot_id)) is not None
 
 
-def _schedule_fields(cron: str, retention_policy: str) -> tuple[str, str]:
+def _schedule_fields(cron: str, retention_policy: str, snapshot_id: str = "") -> tuple[str, str]:
     errors = []
+    if cron.strip() and len(snapshot_id) > MAX_SCHEDULED_ID:
+        errors.append(f"snapshot_id: a scheduled snapshot's id may have at most {MAX_SCHEDULED_ID} characters "
+                      "(its runs are named <id>r<YYYYMMDDHHMMSS>).")
     try:
         cron = validate_cron(cron)
     except ValueError as exc:
@@ -71,9 +77,8 @@ def list_snapshots(ctx: Ctx, caller: Caller) -> JSONResponse:
         return ok([snapshot_view(r) for r in s.scalars(query)])
 
 
-@router.post("", operation_id="create_snapshot", summary="create_snapshot")
-def create_snapshot(ctx: Ctx, caller: Caller, body: NewSnapshot) -> JSONResponse:
-    cron, retention = _schedule_fields(body.cron, body.retention_policy)
+def _claim_snapshot(ctx: AppContext, caller: Identity, body: NewSnapshot, cron: str, retention: str) -> Snapshot:
+    """Validates and commits the snapshot's row (CREATING) with its owner's grant."""
     with transaction(ctx.sessions) as s:
         volume = s.get(Volume, (caller.tenant_id, body.source_volume_id))
         level = effective_level(repo.grants(s, "volume", caller.tenant_id, body.source_volume_id), caller.username,
@@ -93,11 +98,35 @@ def create_snapshot(ctx: Ctx, caller: Caller, body: NewSnapshot) -> JSONResponse
         s.add(row)
         repo.set_grant(s, "snapshot", caller.tenant_id, body.snapshot_id, caller.username, "ADMIN")
         s.flush()
+        if ctx.storage.exists("snapshot", caller.tenant_id, body.snapshot_id):
+            raise Conflict(f"Storage for snapshot '{body.snapshot_id}' already exists on disk (left from an "
+                           "earlier snapshot); an operator must remove or rename it first.")
+        return row
+
+
+@router.post("", operation_id="create_snapshot", summary="create_snapshot")
+def create_snapshot(ctx: Ctx, caller: Caller, body: NewSnapshot) -> JSONResponse:
+    cron, retention = _schedule_fields(body.cron, body.retention_policy, body.snapshot_id)
+    try:
+        row = _claim_snapshot(ctx, caller, body, cron, retention)
+    except IntegrityError:  # a concurrent create of the same id won the race
+        raise Conflict(f"Snapshot with identifier '{body.snapshot_id}' already exists.") from None
+    # The copy runs outside any transaction (it may take long); the row says CREATING meanwhile.
+    try:
         with storage_errors():
-            if ctx.storage.exists("snapshot", caller.tenant_id, body.snapshot_id):
-                raise Conflict(f"Storage for snapshot '{body.snapshot_id}' already exists on disk (left from an "
-                               "earlier snapshot); an operator must remove or rename it first.")
             take_snapshot(ctx.storage, row)
+    except Exception:
+        with transaction(ctx.sessions) as s:
+            stale = s.get(Snapshot, (caller.tenant_id, body.snapshot_id))
+            if stale is not None:
+                s.delete(stale)
+            repo.delete_object_grants(s, "snapshot", caller.tenant_id, body.snapshot_id)
+        raise
+    with transaction(ctx.sessions) as s:
+        saved = s.get(Snapshot, (caller.tenant_id, body.snapshot_id))
+        if saved is not None:
+            saved.size, saved.status, saved.update_ts = row.size, row.status, repo.utcnow()
+            row = saved
         view = snapshot_view(row)
     if cron:
         ctx.bus.publish(Wakeup(SNAPSHOTS, caller.tenant_id, body.snapshot_id))
@@ -114,7 +143,7 @@ def get_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str) -> JSONResponse:
 def update_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str, body: UpdateSnapshot) -> JSONResponse:
     sent = body.model_dump(include=body.model_fields_set)
     if "cron" in sent or "retention_policy" in sent:
-        cron, retention = _schedule_fields(sent.get("cron", ""), sent.get("retention_policy", ""))
+        cron, retention = _schedule_fields(sent.get("cron", ""), sent.get("retention_policy", ""), snapshot_id)
         sent.update({k: v for k, v in (("cron", cron), ("retention_policy", retention)) if k in sent})
     with transaction(ctx.sessions) as s:
         row = load_snapshot(s, caller, snapshot_id, Level.USER)
@@ -133,15 +162,14 @@ def update_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str, body: UpdateSnap
 def delete_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str, force: bool = False) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = load_snapshot(s, caller, snapshot_id, Level.ADMIN)
-        users = mounting_pods(s, caller.tenant_id, "tapissnapshot", snapshot_id)
+        users = mounting_pods(ctx, s, caller.tenant_id, "tapissnapshot", snapshot_id)
         if users and not force:
             raise Conflict(f"Snapshot '{snapshot_id}' is mounted by pods that are not stopped: {users}. Stop them, "
                            "or delete with force=true.")
         s.delete(row)
         repo.delete_object_grants(s, "snapshot", caller.tenant_id, snapshot_id)
-        s.flush()
-        with storage_errors():
-            ctx.storage.delete_snapshot(caller.tenant_id, snapshot_id)
+    with storage_errors():
+        ctx.storage.delete_snapshot(caller.tenant_id, snapshot_id)
     return ok("", "Snapshot successfully deleted.")
 
 

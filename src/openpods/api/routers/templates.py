@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
+from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, NotFound, no_change, ok
 from openpods.auth.tokens import Identity
@@ -18,7 +20,7 @@ from openpods.domain.models import NewTemplate, NewTemplateTag, SetPermission, U
 from openpods.domain.permissions import WILDCARD_USER, Level
 from openpods.services import templates as svc
 from openpods.store import repo
-from openpods.store.db import transaction
+from openpods.store.db import retry_on_integrity_error, transaction
 from openpods.store.tables import Pod, Template, TemplateTag
 
 router = APIRouter(prefix="/v3/pods/templates", tags=["templates"])
@@ -56,6 +58,13 @@ def list_templates(ctx: Ctx, caller: Caller) -> JSONResponse:
 
 @router.post("", operation_id="add_template", summary="add_template")
 def add_template(ctx: Ctx, caller: Caller, body: NewTemplate) -> JSONResponse:
+    try:
+        return _add_template(ctx, caller, body)
+    except IntegrityError:  # a concurrent create of the same id won the race
+        raise Conflict(f"Template with identifier '{body.template_id}' already exists.") from None
+
+
+def _add_template(ctx: AppContext, caller: Identity, body: NewTemplate) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         if s.get(Template, (caller.tenant_id, body.template_id)) is not None:
             raise Conflict(f"Template with identifier '{body.template_id}' already exists.")
@@ -126,6 +135,10 @@ def list_template_tags(ctx: Ctx, caller: Caller, template_id: str, full: bool = 
 
 @router.post("/{template_id}/tags", operation_id="add_template_tag", summary="add_template_tag")
 def add_template_tag(ctx: Ctx, caller: Caller, template_id: str, body: NewTemplateTag) -> JSONResponse:
+    return retry_on_integrity_error(lambda: _add_template_tag(ctx, caller, template_id, body))
+
+
+def _add_template_tag(ctx: AppContext, caller: Identity, template_id: str, body: NewTemplateTag) -> JSONResponse:
     definition = body.pod_definition.as_definition()
     with transaction(ctx.sessions) as s:
         load_template(s, caller, template_id, Level.USER)

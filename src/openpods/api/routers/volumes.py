@@ -7,18 +7,20 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
 from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, no_change, ok
 from openpods.api.files import file_response, storage_errors
+from openpods.api.multipart import file_part_chunks
 from openpods.auth.tokens import Identity
 from openpods.domain import status as st
 from openpods.domain.models import NewVolume, SetPermission, UpdateVolume
 from openpods.domain.permissions import Level
+from openpods.services.mounts import effective_mounts
 from openpods.store import repo
 from openpods.store.db import transaction
 from openpods.store.tables import Pod, Snapshot, Volume
@@ -52,11 +54,11 @@ def _refresh_size(ctx: Any, row: Volume) -> None:
     row.size = -(-used // MB)
 
 
-def mounting_pods(s: Session, tenant_id: str, kind: str, object_id: str) -> list[str]:
-    """Pods whose own definition mounts the object and that are not stopped."""
+def mounting_pods(ctx: Any, s: Session, tenant_id: str, kind: str, object_id: str) -> list[str]:
+    """Pods that are not stopped and mount the object, through their own definition or a template."""
     out = []
     for pod in s.scalars(select(Pod).where(Pod.tenant_id == tenant_id, Pod.status != st.STOPPED)):
-        mount = (pod.volume_mounts or {}).get(object_id)
+        mount = effective_mounts(s, pod, ctx.settings).get(object_id)
         if mount and mount.get("type") == kind:
             out.append(pod.pod_id)
     return out
@@ -77,6 +79,13 @@ def list_volumes(ctx: Ctx, caller: Caller) -> JSONResponse:
 
 @router.post("", operation_id="create_volume", summary="create_volume")
 def create_volume(ctx: Ctx, caller: Caller, body: NewVolume) -> JSONResponse:
+    try:
+        return _create_volume(ctx, caller, body)
+    except IntegrityError:  # a concurrent create of the same id won the race
+        raise Conflict(f"Volume with identifier '{body.volume_id}' already exists.") from None
+
+
+def _create_volume(ctx: Any, caller: Identity, body: NewVolume) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         if s.get(Volume, (caller.tenant_id, body.volume_id)) is not None:
             raise Conflict(f"Volume with identifier '{body.volume_id}' already exists.")
@@ -123,7 +132,7 @@ def update_volume(ctx: Ctx, caller: Caller, volume_id: str, body: UpdateVolume) 
 def delete_volume(ctx: Ctx, caller: Caller, volume_id: str, force: bool = False) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = load_volume(s, caller, volume_id, Level.ADMIN)
-        users = mounting_pods(s, caller.tenant_id, "tapisvolume", volume_id)
+        users = mounting_pods(ctx, s, caller.tenant_id, "tapisvolume", volume_id)
         if users and not force:
             raise Conflict(f"Volume '{volume_id}' is mounted by pods that are not stopped: {users}. Stop them, "
                            "or delete with force=true.")
@@ -134,9 +143,9 @@ def delete_volume(ctx: Ctx, caller: Caller, volume_id: str, force: bool = False)
                            "use force=true.")
         s.delete(row)
         repo.delete_object_grants(s, "volume", caller.tenant_id, volume_id)
-        s.flush()
-        with storage_errors():
-            ctx.storage.delete_volume(caller.tenant_id, volume_id)
+    # The files go after the row is committed: a long removal must not hold the database.
+    with storage_errors():
+        ctx.storage.delete_volume(caller.tenant_id, volume_id)
     return ok("", "Volume successfully deleted.")
 
 
@@ -166,21 +175,11 @@ async def upload_to_volume(ctx: Ctx, caller: Caller, volume_id: str, path: str, 
     size_limit = await asyncio.to_thread(check)
     if not path.strip("/"):
         raise BadRequest(["path: the destination file path inside the volume is required."])
-    form = await request.form(max_files=1, max_fields=5)
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise BadRequest(["file: a file part named 'file' is required."])
-
-        async def chunks():
-            while chunk := await upload.read(1024 * 1024):
-                yield chunk
-
-        with storage_errors():
-            info = await ctx.storage.awrite_file(caller.tenant_id, volume_id, path, chunks(),
-                                                 size_limit_bytes=size_limit * MB, overwrite=overwrite)
-    finally:
-        await form.close()
+    # Streamed from the request body straight into the volume: the size limit is enforced as bytes arrive,
+    # and nothing is left behind when the upload is refused or the client goes away.
+    with storage_errors():
+        info = await ctx.storage.awrite_file(caller.tenant_id, volume_id, path, file_part_chunks(request),
+                                             size_limit_bytes=size_limit * MB, overwrite=overwrite)
     return ok(info.to_dict(), f"File uploaded to {info.path}.")
 
 

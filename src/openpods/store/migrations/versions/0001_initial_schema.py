@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 00:01:17.169884
+Create Date: 2026-11-27 03:17:51.064809
 """
 
 from alembic import op
@@ -37,6 +37,11 @@ def upgrade() -> None:
     sa.Column('creation_ts', sa.DateTime(), nullable=False),
     sa.Column('added_by', sa.String(length=128), nullable=False),
     sa.PrimaryKeyConstraint('image')
+    )
+    op.create_table('meta',
+    sa.Column('key', sa.String(length=64), nullable=False),
+    sa.Column('value', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('key')
     )
     op.create_table('permissions',
     sa.Column('object_type', sa.String(length=16), nullable=False),
@@ -132,6 +137,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('template_tags', schema=None) as batch_op:
         batch_op.create_index('ix_template_tags_tag', ['tenant_id', 'template_id', 'tag', 'seq'], unique=False)
+        batch_op.create_index('ux_template_tags_seq', ['tenant_id', 'template_id', 'seq'], unique=True)
 
     op.create_table('templates',
     sa.Column('tenant_id', sa.String(length=64), nullable=False),
@@ -171,6 +177,7 @@ def downgrade() -> None:
     op.drop_table('users')
     op.drop_table('templates')
     with op.batch_alter_table('template_tags', schema=None) as batch_op:
+        batch_op.drop_index('ux_template_tags_seq')
         batch_op.drop_index('ix_template_tags_tag')
 
     op.drop_table('template_tags')
@@ -185,6 +192,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_permissions_user')
 
     op.drop_table('permissions')
+    op.drop_table('meta')
     op.drop_table('images')
     with op.batch_alter_table('action_logs', schema=None) as batch_op:
         batch_op.drop_index('ix_action_logs_object')
