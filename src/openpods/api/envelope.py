@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime
 from typing import Any
 
@@ -108,8 +109,11 @@ def validation_messages(errors: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+_FILE_PATH_RE = re.compile(r"^(/v3/pods/(?:volumes|snapshots)/[^/]*/(?:contents|upload))/")
+
+
 class GuardMiddleware:
-    """Outermost layer: refuses paths with control characters before anything looks them up (a NUL byte
+    """Outermost layer: answers 404 for paths with control characters before anything looks them up (a NUL byte
     cannot even reach PostgreSQL), and turns an unexpected exception into a 500 envelope *without* letting it
     propagate, so the server keeps the client's connection alive."""
 
@@ -122,7 +126,14 @@ class GuardMiddleware:
             return
         path = scope.get("path", "")
         if any(ord(c) < 32 or ord(c) == 127 for c in path):
-            await error_response(400, ["path: control characters are not allowed in URLs."])(scope, receive, send)
+            file_path = _FILE_PATH_RE.match(path)
+            if file_path and not any(ord(c) < 32 or ord(c) == 127 for c in file_path.group(1)):
+                # The object exists maybe, but the file path inside it is malformed.
+                response = error_response(400, ["path: control characters are not allowed in file paths."])
+            else:
+                # No object's id contains control characters: nothing can be found at such a URL.
+                response = error_response(404, "No such resource: URLs with control characters name nothing.")
+            await response(scope, receive, send)
             return
         started = False
 
