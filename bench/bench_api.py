@@ -31,14 +31,14 @@ from openpods.store.db import transaction
 from openpods.store.tables import Permission, Pod
 
 
-async def bare_app(scope, receive, send):  # noqa: ANN001, ANN201
+async def bare_app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": b'{"result":"","status":"success"}'})
 
 
-def serve(app, port: int) -> uvicorn.Server:  # noqa: ANN001
+def serve(app, port: int) -> uvicorn.Server:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -65,7 +65,7 @@ async def measure(url: str, headers: dict[str, str], requests: int, concurrency:
     return requests / elapsed, latencies
 
 
-def seed_pods(ctx, n: int) -> None:  # noqa: ANN001
+def seed_pods(ctx, n: int) -> None:
     now = repo.utcnow()
     with transaction(ctx.sessions) as s:
         for i in range(n):
