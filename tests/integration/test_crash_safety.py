@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from openpods.domain.container_spec import (
+    LABEL_INSTALLATION,
     LABEL_INSTANCE,
     LABEL_POD_ID,
     LABEL_TENANT,
@@ -35,7 +36,7 @@ from openpods.domain.container_spec import (
 )
 from openpods.runtimes.base import RuntimeErrorTemporary
 from openpods.runtimes.docker import DockerRuntime
-from openpods.store.tables import Pod
+from openpods.store.tables import Meta, Pod
 
 ADMIN_PASSWORD = "crash-admin-pw"
 TENANT = "default"
@@ -197,6 +198,16 @@ def _serves(port: int) -> bool:
         return False
 
 
+def _installation_id(database_url: str) -> str:
+    """The installation id OpenPods labels its containers with (other installations' are not its business)."""
+    eng = create_engine(database_url)
+    try:
+        with eng.connect() as conn:
+            return conn.execute(select(Meta.value).where(Meta.key == "installation_id")).scalar_one()
+    finally:
+        eng.dispose()
+
+
 def _wait_converged(
     proc: Proc, engine: Any, pod_ids: list[str], want: str, context: str, timeout: float = 60.0
 ) -> None:
@@ -209,7 +220,8 @@ def _wait_converged(
     while time.monotonic() < deadline:
         pods = _statuses(client, pod_ids)
         instances = {pid: row["instance"] for pid, row in _db_pods(proc.database_url, pod_ids).items()}
-        managed = engine.containers()
+        ours = _installation_id(proc.database_url)
+        managed = [c for c in engine.containers() if c.labels.get(LABEL_INSTALLATION) == ours]
         problems = []
         for pod_id, pod in pods.items():
             if pod["status"] != want:

@@ -9,7 +9,13 @@ from typing import Any
 
 import httpx
 
-from openpods.domain.container_spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_POD_ID, LABEL_TENANT
+from openpods.domain.container_spec import (
+    LABEL_INSTALLATION,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_POD_ID,
+    LABEL_TENANT,
+)
 
 HELLO = "hello from openpods"
 # Only one server may use the engine at a time (each health loop removes containers it does not know), so every
@@ -228,7 +234,13 @@ def test_container_removed_behind_our_back_is_replaced(module_pod_server: Any, n
 def test_orphan_container_is_removed(module_pod_server: Any, new_id: Any) -> None:
     env = module_pod_server
     pod_id = new_id("orphan")
-    labels = {LABEL_MANAGED: "true", LABEL_TENANT: env.tenant, LABEL_POD_ID: pod_id, LABEL_INSTANCE: "x1"}
+    labels = {
+        LABEL_MANAGED: "true",
+        LABEL_TENANT: env.tenant,
+        LABEL_POD_ID: pod_id,
+        LABEL_INSTANCE: "x1",
+        LABEL_INSTALLATION: env.srv.ctx.installation_id,
+    }
     orphan = env.engine.client.containers.run(
         "localhost/openpods-test/busybox:latest",
         name=f"openpods-{env.tenant}-{pod_id}",

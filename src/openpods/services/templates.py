@@ -130,6 +130,9 @@ def create_tag(s: Session, tenant_id: str, template_id: str, tag: str, definitio
     and must not lead back to this template."""
     if definition.get("template"):
         resolve(s, tenant_id, definition["template"], outer=(template_id,))
+    # Taggers of one template take turns (PostgreSQL row lock); SQLite writers are serialised anyway, and a
+    # lost race on the computed key is retried by the caller.
+    s.get(Template, (tenant_id, template_id), with_for_update=True)
     rows = list(s.scalars(select(TemplateTag).where(TemplateTag.tenant_id == tenant_id,
                                                     TemplateTag.template_id == template_id)))
     now = repo.utcnow()

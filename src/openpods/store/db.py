@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -64,15 +66,16 @@ def upgrade(engine: Engine) -> None:
                 conn.commit()
 
 
-def retry_on_integrity_error(fn: Callable[[], T], attempts: int = 5) -> T:
+def retry_on_integrity_error(fn: Callable[[], T], attempts: int = 20) -> T:
     """Run ``fn`` (which opens its own transaction) again when a concurrent writer took the key it computed
-    (e.g. the next tag_timestamp of a template)."""
+    (e.g. the next tag_timestamp of a template); a short random pause spreads the retries."""
     for attempt in range(attempts):
         try:
             return fn()
         except IntegrityError:
             if attempt == attempts - 1:
                 raise
+            time.sleep(random.uniform(0.001, 0.02))
     raise AssertionError("unreachable")
 
 
