@@ -141,6 +141,7 @@ def users_add(
     config: ConfigFile = None,
 ) -> None:
     """Add a user (or reset its password) in the embedded authenticator. Works while the server runs."""
+    from openpods.auth.revocation import revoke_user_tokens
     from openpods.auth.tokens import hash_password
     from openpods.bootstrap import build_context
     from openpods.store import repo
@@ -171,10 +172,35 @@ def users_add(
         else:
             user.password_hash = hash_password(password)
             user.is_admin = admin or user.is_admin
-            action = "updated"
+            # A new password ends every session made with the old one.
+            revoke_user_tokens(s, tenant_id, name)
+            action = "updated (earlier tokens revoked)"
     console.print(
         f"User [bold]{name}[/bold] {action} in tenant {tenant_id}" + (" (site admin)" if admin else "")
     )
+
+
+@users_app.command("revoke")
+def users_revoke(
+    name: Annotated[str, typer.Argument(help="Username (also of an external issuer's tenant).")],
+    tenant: Annotated[str | None, typer.Option(help="Tenant id (default: the default tenant).")] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Revoke every token and pod login session of a user issued until now (works while the server runs)."""
+    from openpods.auth.revocation import revoke_user_tokens
+    from openpods.bootstrap import build_context
+    from openpods.store.db import transaction
+
+    settings = load_settings(data_dir=data_dir, config_file=config)
+    tenant_id = tenant or settings.default_tenant
+    if settings.tenant(tenant_id) is None:
+        console.print(f"[red]Unknown tenant {tenant_id!r}[/red].")
+        raise typer.Exit(2)
+    ctx = build_context(settings)
+    with transaction(ctx.sessions) as s:
+        revoke_user_tokens(s, tenant_id, name)
+    console.print(f"Tokens of [bold]{name}[/bold] in tenant {tenant_id} issued until now are revoked.")
 
 
 @users_app.command("list")

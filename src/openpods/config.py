@@ -78,6 +78,33 @@ class Settings(BaseSettings):
         "empty means a generated one, printed once.",
     )
     token_ttl_sec: int = Field(4 * 3600, ge=60, description="Lifetime of issued access tokens, seconds.")
+    pod_session_ttl_sec: int = Field(
+        2 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="Lifetime of the browser login cookie of a tapis_auth pod (valid for that pod's host only, "
+        "never for the API), seconds.",
+    )
+    login_throttle_enabled: bool = Field(
+        True,
+        description="Slow down password guessing on /v3/oauth2/tokens and the pod login form (per user and per "
+        "client address, shared by all API processes through the database).",
+    )
+    login_throttle_user_free_failures: int = Field(
+        5, ge=1, description="Failed logins of one (tenant, username) before delays start, count."
+    )
+    login_throttle_ip_free_failures: int = Field(
+        20, ge=1, description="Failed logins from one client address before delays start, count."
+    )
+    login_throttle_base_delay_sec: float = Field(
+        1.0, gt=0, description="First delay after the free failures; it doubles with every further failure, seconds."
+    )
+    login_throttle_max_delay_sec: float = Field(
+        900.0, gt=0, description="Longest delay between two checked login attempts, seconds."
+    )
+    login_throttle_forget_sec: float = Field(
+        3600.0, gt=0, description="Failures older than this (since the last attempt) are forgotten, seconds."
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
     )

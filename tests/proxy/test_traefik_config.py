@@ -93,7 +93,9 @@ def test_http_stanza_gets_https_router_and_redirect() -> None:
         "rule": "Host(`mypod.pods.localhost`)",
         "service": name,
         "tls": {},
+        "middlewares": [f"{name}-strip"],
     }
+    assert http["middlewares"][f"{name}-strip"] == {"headers": {"customRequestHeaders": {"X-Tapis-Token": ""}}}
     assert http["routers"][f"{name}-web"] == {
         "entryPoints": ["web"],
         "rule": "Host(`mypod.pods.localhost`)",
@@ -117,7 +119,7 @@ def test_redirect_port_omitted_for_443_and_plain_http_served_when_redirect_off()
         pod(stanzas={"default": {"protocol": "http", "ip_allow_list": ["10.0.0.0/8"]}}), settings=plain
     ).config
     web = config["http"]["routers"]["tacc-mypod-default-web"]
-    assert web["middlewares"] == ["tacc-mypod-default-ipallow"]
+    assert web["middlewares"] == ["tacc-mypod-default-ipallow", "tacc-mypod-default-strip"]
     assert REDIRECT_MIDDLEWARE not in config["http"]["middlewares"]
 
     no_web = ProxyRenderSettings(forward_auth_url=AUTH_URL, http_entrypoint=None)
@@ -209,6 +211,7 @@ def test_http_middlewares_in_order_with_values() -> None:
         "tacc-mypod-default-ipallow",
         "tacc-mypod-default-cors",
         "tacc-mypod-default-auth",
+        "tacc-mypod-default-strip",
     ]
     assert http["middlewares"]["tacc-mypod-default-ipallow"] == {
         "ipAllowList": {"sourceRange": ["127.0.0.1", "10.0.0.0/8", "::1", "2001:db8::/32", "192.168.1.0/24"]}
@@ -225,7 +228,7 @@ def test_http_middlewares_in_order_with_values() -> None:
     }
     auth = http["middlewares"]["tacc-mypod-default-auth"]["forwardAuth"]
     assert auth["address"] == "http://127.0.0.1:8000/v3/pods/mypod/auth?tenant=tacc"
-    assert auth["authResponseHeaders"] == ["X-Username", "X-Tenant", "X-Tapis-Username"]
+    assert auth["authResponseHeaders"] == ["X-Username", "X-Tenant", "X-Tapis-Username", "Cookie"]
     assert auth["trustForwardHeader"] is True
     assert auth["maxResponseBodySize"] > 0
     assert auth["preserveLocationHeader"] is True
@@ -246,15 +249,15 @@ def test_no_middlewares_when_lists_empty() -> None:
         "tapis_auth_response_headers": {"X-A": "b"},
     }
     http = render(pod(stanzas={"default": stanza})).config["http"]
-    assert "middlewares" not in http["routers"]["tacc-mypod-default"]
-    assert set(http["middlewares"]) == {REDIRECT_MIDDLEWARE}
+    assert http["routers"]["tacc-mypod-default"]["middlewares"] == ["tacc-mypod-default-strip"]
+    assert set(http["middlewares"]) == {REDIRECT_MIDDLEWARE, "tacc-mypod-default-strip"}
 
 
 def test_null_fields_take_defaults() -> None:
     stanza = {key: None for key in FULL_HTTP}
     result = render(pod(stanzas={"default": stanza}))
     assert result.errors == {}
-    assert "middlewares" not in result.config["http"]["routers"]["tacc-mypod-default"]
+    assert result.config["http"]["routers"]["tacc-mypod-default"]["middlewares"] == ["tacc-mypod-default-strip"]
 
 
 def test_username_header_not_duplicated_and_auth_tls_ca() -> None:
@@ -264,9 +267,57 @@ def test_username_header_not_duplicated_and_auth_tls_ca() -> None:
     stanza = {"tapis_auth": True, "tapis_auth_response_headers": {"x-tapis-username": "<<tapisusername>>"}}
     config = render(pod(stanzas={"default": stanza}), settings=settings).config
     auth = config["http"]["middlewares"]["tacc-mypod-default-auth"]["forwardAuth"]
-    assert auth["authResponseHeaders"] == ["X-Tapis-Username"]
+    assert auth["authResponseHeaders"] == ["X-Tapis-Username", "Cookie"]
     assert auth["tls"] == {"ca": "/ca.crt"}
     assert auth["address"] == "https://api.example.org/v3/pods/mypod/auth"
+
+
+def test_credentials_never_reach_the_pod_on_any_http_stanza() -> None:
+    """Every http stanza deletes X-Tapis-Token after forward-auth; OpenPods' cookies are filtered by the auth
+    call (tapis_auth) or, without tapis_auth, by a cookie-filter forward-auth on a router that only matches
+    requests carrying such a cookie. The auth address carries the per-stanza signature."""
+    settings = ProxyRenderSettings(
+        forward_auth_url=AUTH_URL, api_url="http://127.0.0.1:8000", forward_auth_secret="s3cret",
+        redirect_http_to_https=False,
+    )
+    stanzas = {"default": {"protocol": "http"}, "priv": {"protocol": "http", "tapis_auth": True}}
+    http = render(pod(stanzas=stanzas), settings=settings).config["http"]
+    routers, mws = http["routers"], http["middlewares"]
+    for key in ("default", "priv"):
+        name = f"tacc-mypod-{key}"
+        assert routers[name]["middlewares"][-1] == f"{name}-strip"
+        assert routers[f"{name}-web"]["middlewares"][-1] == f"{name}-strip"
+        assert mws[f"{name}-strip"] == {"headers": {"customRequestHeaders": {"X-Tapis-Token": ""}}}
+    # without tapis_auth: the cookie router
+    cookies = routers["tacc-mypod-default-cookies"]
+    assert cookies["rule"].startswith("Host(`mypod.pods.localhost`) && HeaderRegexp(`Cookie`, ")
+    assert cookies["middlewares"] == ["tacc-mypod-default-cookies", "tacc-mypod-default-strip"]
+    assert cookies["service"] == "tacc-mypod-default"
+    assert routers["tacc-mypod-default-webcookies"]["middlewares"] == cookies["middlewares"]
+    assert mws["tacc-mypod-default-cookies"]["forwardAuth"]["address"] == "http://127.0.0.1:8000/traefik-cookie-filter"
+    assert mws["tacc-mypod-default-cookies"]["forwardAuth"]["authResponseHeaders"] == ["Cookie"]
+    # with tapis_auth: the auth call filters cookies, the address is signed
+    assert "tacc-mypod-priv-cookies" not in routers
+    auth = mws["tacc-mypod-priv-auth"]["forwardAuth"]
+    assert "Cookie" in auth["authResponseHeaders"]
+    from openpods.auth.pod_access import stanza_signature
+
+    assert auth["address"] == (
+        "http://127.0.0.1:8000/v3/pods/mypod-priv/auth?tenant=tacc&sig=" + stanza_signature("s3cret", "tacc", "mypod-priv")
+    )
+
+
+def test_cookie_regexp_matches_only_openpods_cookies() -> None:
+    import re
+
+    from openpods.domain.traefik_config import OPENPODS_COOKIE_REGEXP
+
+    pattern = re.compile(OPENPODS_COOKIE_REGEXP)
+    for header in ("__Host-openpods-session=x", "a=1; __Host-openpods-state-0123456789abcdef=y",
+                   "a=1;X-Tapis-Token=t", "openpods_x=1", "A=1;  x-tapis-token=t"):
+        assert pattern.search(header), header
+    for header in ("_xsrf=1; jupyterhub-session=2", "a=openpods", "myopenpods=1", "a=1; b=X-Tapis-Token="):
+        assert not pattern.search(header), header
 
 
 def test_tcp_and_postgres_ip_allow_list() -> None:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from openpods.api.context import AppContext
 from openpods.api.envelope import Forbidden, NotFound, Unauthorized
+from openpods.auth.revocation import is_revoked
 from openpods.auth.tokens import AuthError, Identity
 from openpods.domain.permissions import Level, effective_level
 from openpods.store import repo
@@ -31,9 +32,13 @@ def identity_from_token(ctx: AppContext, token: str | None) -> Identity:
             return repo.is_site_admin(s, tenant_id, username)
 
     try:
-        return ctx.tokens.verify(token, admin_lookup=admin_lookup)
+        identity = ctx.tokens.verify(token, admin_lookup=admin_lookup)
     except AuthError as exc:
         raise Unauthorized(str(exc)) from None
+    with ctx.sessions() as s:
+        if is_revoked(s, identity):
+            raise Unauthorized("Token revoked (logout or password change); get a new token.")
+    return identity
 
 
 def get_identity(request: Request) -> Identity:

@@ -27,6 +27,7 @@ from openpods.config import Settings, TenantSettings
 _hasher = PasswordHasher()
 # Verifying against this keeps the time of "no such user" equal to "wrong password".
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
+IAT_MS_CLAIM = "openpods/iat_ms"
 
 
 class AuthError(Exception):
@@ -38,6 +39,10 @@ class Identity:
     tenant_id: str
     username: str
     is_admin: bool = False
+    # Of the token behind the identity (for revocation checks): issue time in epoch ms, id, expiry (epoch s).
+    issued_at_ms: int | None = None
+    jti: str | None = None
+    expires_at: int | None = None
 
 
 def hash_password(password: str) -> str:
@@ -100,6 +105,20 @@ class SecretBox:
         return self._fernet.decrypt(token.encode()).decode()
 
 
+def _identity(tenant_id: str, username: str, is_admin: bool, claims: dict[str, Any]) -> Identity:
+    iat_ms = claims.get(IAT_MS_CLAIM)
+    if not isinstance(iat_ms, int) or isinstance(iat_ms, bool):
+        iat = claims.get("iat")
+        # Whole seconds only: count the token as issued at the end of its second (a cutoff in that second
+        # refuses it).
+        iat_ms = int(iat) * 1000 + 999 if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+    jti = claims.get("jti")
+    exp = claims.get("exp")
+    return Identity(tenant_id, username, is_admin, issued_at_ms=iat_ms,
+                    jti=jti if isinstance(jti, str) and jti else None,
+                    expires_at=int(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None)
+
+
 class TokenService:
     """Issues tokens for the embedded authenticator and verifies tokens from every trusted issuer."""
 
@@ -123,13 +142,16 @@ class TokenService:
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Returns tapipy's access_token object: {access_token, expires_in, expires_at, jti}."""
         ttl = ttl_sec or self.settings.token_ttl_sec
-        now = int(time.time())
+        now_ms = int(time.time() * 1000)
+        now = now_ms // 1000
         jti = str(uuid.uuid4())
         claims = {
             "iss": self.issuer(tenant_id),
             "sub": f"{username}@{tenant_id}",
             "jti": jti,
             "iat": now,
+            # Millisecond issue time: a revocation cutoff then spares tokens issued right after it.
+            IAT_MS_CLAIM: now_ms,
             "exp": now + ttl,
             "tapis/tenant_id": tenant_id,
             "tapis/username": username,
@@ -164,8 +186,10 @@ class TokenService:
             username = claims.get("tapis/username")
             if not isinstance(username, str) or not username:
                 raise AuthError("Invalid token: no tapis/username claim.")
+            if claims.get("tapis/token_type", "access") != "access":
+                raise AuthError("Invalid token: not an access token.")
             is_admin = bool(admin_lookup(tenant.tenant_id, username)) if admin_lookup else False
-            return Identity(tenant.tenant_id, username, is_admin)
+            return _identity(tenant.tenant_id, username, is_admin, claims)
         for candidate in self.settings.all_tenants():
             identity = self._verify_external(token, candidate, unverified)
             if identity is not None:
@@ -192,7 +216,7 @@ class TokenService:
             return None
         if not isinstance(username, str) or not username:
             raise AuthError("Invalid token: no username claim.")
-        return Identity(tenant.tenant_id, username, username in tenant.admin_users)
+        return _identity(tenant.tenant_id, username, username in tenant.admin_users, claims)
 
     @staticmethod
     def _decode(token: str, key: Any) -> dict[str, Any]:

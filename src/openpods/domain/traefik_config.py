@@ -23,7 +23,13 @@ Per stanza (``protocol``):
 
 - ``http``: HTTPS router ``Host(`host`)`` on the TLS entrypoint, and on the plain-HTTP entrypoint either a
   router that redirects to HTTPS (``redirect_http_to_https``) or one that serves the pod the same way.
-  Middlewares, in this order: ``ipAllowList`` → CORS ``headers`` → ``forwardAuth``.
+  Middlewares, in this order: ``ipAllowList`` → CORS ``headers`` → ``forwardAuth`` → ``<name>-strip``.
+  OpenPods' credentials never reach the pod: ``<name>-strip`` deletes ``X-Tapis-Token`` (after forward-auth
+  has read it), and OpenPods' cookies are removed from ``Cookie`` by a forward-auth answer that Traefik copies
+  over the request's header (``authResponseHeaders: [Cookie]``; an answer without it deletes the header). With
+  tapis_auth that is the auth call itself; without it, a second router ``<name>-cookies`` (same host, plus
+  ``HeaderRegexp`` on an OpenPods cookie, so a longer rule and a higher priority) sends only requests that
+  carry such a cookie through ``<name>-cookies`` forward-auth to ``cookie_filter_url``.
 - ``tcp``: TCP router ``HostSNI(`host`)`` on the TLS entrypoint, TLS terminated by Traefik; optional TCP
   ``ipAllowList``.
 - ``postgres``: like ``tcp``, with the shared TLS option :data:`POSTGRES_TLS_OPTION` whose ``alpnProtocols``
@@ -35,6 +41,8 @@ Per stanza (``protocol``):
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import ipaddress
 import re
 import string
@@ -65,6 +73,11 @@ POSTGRES_TLS_OPTION = "openpodspostgres"
 #: Name of the shared middleware that redirects plain HTTP to HTTPS.
 REDIRECT_MIDDLEWARE = "openpodsredirecthttps"
 API_SERVICE = "openpods-api"
+#: Header deleted from every request before it reaches a pod (an API token of the visitor).
+TOKEN_HEADER = "X-Tapis-Token"
+#: Go regexp matching a Cookie header that carries an OpenPods cookie (``__Host-openpods-*``, ``openpods*``)
+#: or the legacy ``X-Tapis-Token`` cookie; see ``openpods.auth.pod_access.is_openpods_cookie``.
+OPENPODS_COOKIE_REGEXP = r"(?i)(^|;)\s*(__host-openpods|openpods|x-tapis-token)[^=;]*="
 
 MAX_IP_ALLOW_ENTRIES = 256
 MAX_RESPONSE_HEADERS = 32
@@ -295,6 +308,12 @@ class ProxyRenderSettings:
     # Where the OpenPods API is reachable from Traefik; with it, each tapis_auth stanza's host also routes
     # ``/v3/pods/<pod_id_net>/auth/callback`` to the API, so the login cookie is set on the pod's own host.
     api_url: str | None = None
+    # With a secret, each forward-auth address gets ``sig=<HMAC of tenant/pod_id_net>`` (the endpoint answers
+    # 404 alike for every pod without it: no pod-id enumeration).
+    forward_auth_secret: str = ""
+    # forwardAuth address that answers 200 with the request's Cookie header minus OpenPods' cookies (for
+    # stanzas without tapis_auth); None: ``<api_url>/traefik-cookie-filter`` when api_url is set.
+    cookie_filter_url: str | None = None
 
     def __post_init__(self) -> None:
         url = self.forward_auth_url
@@ -311,6 +330,15 @@ class ProxyRenderSettings:
             raise ValueError("https_redirect_port must be 1-65535")
         if self.forward_auth_max_response_body < 1:
             raise ValueError("forward_auth_max_response_body must be positive")
+        for extra in (self.cookie_filter_url, self.api_url):
+            if extra is not None and (not extra.startswith(("http://", "https://")) or _CONTROL_RE.search(extra)):
+                raise ValueError("cookie_filter_url and api_url must be http(s) URLs")
+
+    @property
+    def effective_cookie_filter_url(self) -> str | None:
+        if self.cookie_filter_url:
+            return self.cookie_filter_url
+        return self.api_url.rstrip("/") + "/traefik-cookie-filter" if self.api_url else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +544,12 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
     auth_template = settings.forward_auth_url
     auth_body = settings.forward_auth_max_response_body
     auth_tls = {"ca": settings.forward_auth_tls_ca} if settings.forward_auth_tls_ca else None
+    auth_key = (
+        hashlib.sha256(b"openpods-forward-auth:" + settings.forward_auth_secret.encode()).digest()
+        if settings.forward_auth_secret
+        else None
+    )
+    cookie_filter = settings.effective_cookie_filter_url
     escaped_tenants: dict[str, str] = {}
 
     for pod in routes:
@@ -602,13 +636,23 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
                     mw = f"{name}-cors"
                     http_middlewares[mw] = {"headers": cors}
                     middlewares.append(mw)
+                strip = f"{name}-strip"
+                http_middlewares[strip] = {"headers": {"customRequestHeaders": {TOKEN_HEADER: ""}}}
+                cookie_chain: list[str] | None = None
                 if stanza.tapis_auth:
+                    address = auth_template.format(
+                        pod_id_net=pod_id_net(pod_id, key), pod_id=pod_id, key=key, tenant_id=tenant_id
+                    )
+                    if auth_key is not None:
+                        signature = hmac.new(
+                            auth_key, f"{tenant_id}/{pod_id_net(pod_id, key)}".encode(), hashlib.sha256
+                        ).hexdigest()[:32]
+                        address += ("&" if "?" in address else "?") + "sig=" + signature
                     auth: dict[str, Any] = {
-                        "address": auth_template.format(
-                            pod_id_net=pod_id_net(pod_id, key), pod_id=pod_id, key=key, tenant_id=tenant_id
-                        ),
+                        "address": address,
                         "trustForwardHeader": True,
-                        "authResponseHeaders": [*stanza.auth_headers, USERNAME_HEADER],
+                        # Cookie: the visitor's cookies minus OpenPods' (the answer replaces the header).
+                        "authResponseHeaders": [*stanza.auth_headers, USERNAME_HEADER, "Cookie"],
                         "maxResponseBodySize": auth_body,
                         # keep a relative Location (login redirect) as is; Traefik would otherwise resolve
                         # it against the (internal) auth address
@@ -628,16 +672,36 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
                             "service": API_SERVICE,
                             "tls": dict(tls_plain),
                         }
+                elif cookie_filter is not None:
+                    filter_mw = f"{name}-cookies"
+                    cookie_auth: dict[str, Any] = {
+                        "address": cookie_filter,
+                        "authResponseHeaders": ["Cookie"],
+                        "maxResponseBodySize": auth_body,
+                    }
+                    if auth_tls is not None:
+                        cookie_auth["tls"] = dict(auth_tls)
+                    http_middlewares[filter_mw] = {"forwardAuth": cookie_auth}
+                    cookie_chain = [*middlewares, filter_mw, strip]
+                middlewares.append(strip)
                 rule = f"Host(`{host}`)"
+                cookie_rule = f"{rule} && HeaderRegexp(`Cookie`, `{OPENPODS_COOKIE_REGEXP}`)"
                 router: dict[str, Any] = {
                     "entryPoints": [https_ep],
                     "rule": rule,
                     "service": name,
                     "tls": dict(tls_plain),
+                    "middlewares": middlewares,
                 }
-                if middlewares:
-                    router["middlewares"] = middlewares
                 http_routers[name] = router
+                if cookie_chain is not None:
+                    http_routers[f"{name}-cookies"] = {
+                        "entryPoints": [https_ep],
+                        "rule": cookie_rule,
+                        "service": name,
+                        "tls": dict(tls_plain),
+                        "middlewares": cookie_chain,
+                    }
                 if http_ep is not None:
                     if settings.redirect_http_to_https:
                         uses_redirect = True
@@ -648,10 +712,19 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
                             "middlewares": [REDIRECT_MIDDLEWARE],
                         }
                     else:
-                        web_router: dict[str, Any] = {"entryPoints": [http_ep], "rule": rule, "service": name}
-                        if middlewares:
-                            web_router["middlewares"] = list(middlewares)
-                        http_routers[f"{name}-web"] = web_router
+                        http_routers[f"{name}-web"] = {
+                            "entryPoints": [http_ep],
+                            "rule": rule,
+                            "service": name,
+                            "middlewares": list(middlewares),
+                        }
+                        if cookie_chain is not None:
+                            http_routers[f"{name}-webcookies"] = {
+                                "entryPoints": [http_ep],
+                                "rule": cookie_rule,
+                                "service": name,
+                                "middlewares": list(cookie_chain),
+                            }
                 http_services[name] = {"loadBalancer": {"servers": [{"url": f"http://{backend}"}]}}
             else:  # tcp, postgres
                 tls: dict[str, Any] = dict(tls_plain)

@@ -55,7 +55,7 @@ def render_settings(settings: Settings, secret: str) -> ProxyRenderSettings:
     public_port = settings.proxy_public_https_port or settings.proxy_https_port
     from dataclasses import replace
 
-    return replace(base, api_url=api_url(settings), https_redirect_port=public_port)
+    return replace(base, api_url=api_url(settings), https_redirect_port=public_port, forward_auth_secret=secret)
 
 
 class DynamicConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -196,3 +196,40 @@ class Snapshot(Base):
     last_run_slot: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     creation_ts: Mapped[datetime]
     update_ts: Mapped[datetime]
+
+
+class TokenCutoff(Base):
+    """Per-user revocation: every token of the user issued before ``not_before_ms`` (epoch milliseconds) is
+    refused. Set by a password change, `openpods users revoke` and logout with ``all``. Works for users of
+    external issuers too (no row in ``users`` is needed)."""
+
+    __tablename__ = "token_cutoffs"
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    not_before_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsedToken(Base):
+    """Revoked token ids (logout) and consumed one-time login codes; a row can go once ``expires_at`` (epoch
+    seconds) has passed, because the token itself is refused from then on."""
+
+    __tablename__ = "used_tokens"
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_used_tokens_expires", "expires_at"),)
+
+
+class LoginThrottle(Base):
+    """Password-guess throttling shared by every API process: ``key`` is ``user:<tenant>/<username>`` or
+    ``ip:<address>``; ``failures`` counts attempts not yet reset by a success; no attempt is checked before
+    ``next_allowed`` (epoch seconds)."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_allowed: Mapped[float] = mapped_column(Float, default=0.0)
+    last_attempt: Mapped[float] = mapped_column(Float, default=0.0)
+
+    __table_args__ = (Index("ix_login_throttle_last", "last_attempt"),)
