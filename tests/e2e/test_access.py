@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
+import yaml
 
 from .conftest import ECHO_IMAGE, ENV_CGI_COMMAND, USER, ProxyEnv, unique, wait_until
 
@@ -168,9 +172,9 @@ def test_tapis_auth_without_a_token(proxy_env: ProxyEnv) -> None:
     assert location.path == "/v3/oauth2/login"
     assert f"{location.scheme}://{location.netloc}" == env.srv.tenant_base_url()
     query = parse_qs(location.query)
-    assert query["pod"] == [pod_id]
-    assert query["tenant"] == [env.tenant]
-    assert query["return_to"] == ["/some/page?x=1"]
+    assert set(query) == {"flow"}  # a signed login flow: tenant, pod, return path, state hash
+    flow = jwt.decode(query["flow"][0], options={"verify_signature": False})
+    assert (flow["pod"], flow["tid"], flow["ret"]) == (pod_id, env.tenant, "/some/page?x=1")
 
     # An invalid token is a 401 too, never the pod.
     bad = env.get(host, headers={"X-Tapis-Token": "not-a-jwt"})
@@ -269,44 +273,103 @@ def test_tapis_auth_on_a_second_stanza(proxy_env: ProxyEnv) -> None:
     assert "HTTP_X_WHO" not in cgi_env(env.get(env.host(pod_id), "/cgi-bin/env"))
 
 
-def _cookie_from(response: httpx.Response, name: str = "X-Tapis-Token") -> tuple[str, Any]:
-    header = response.headers.get("set-cookie")
-    assert header, f"no Set-Cookie in {response.status_code} {response.headers}"
-    cookie = SimpleCookie()
-    cookie.load(header)
-    assert name in cookie, header
-    return cookie[name].value, cookie[name]
+SESSION_COOKIE = "__Host-openpods-session"
+STATE_PREFIX = "__Host-openpods-state-"
 
 
-def login(env: ProxyEnv, host: str, path: str, username: str, password: str) -> tuple[str, httpx.Response]:
-    """The browser flow, step by step: pod URL → login page → POST credentials → callback on the pod host →
-    cookie + redirect. Returns the cookie value and the callback's response."""
+def _set_cookies(response: httpx.Response) -> dict[str, Any]:
+    """Every cookie the response sets, by name (morsels)."""
+    out: dict[str, Any] = {}
+    for header in response.headers.get_list("set-cookie"):
+        cookie = SimpleCookie()
+        cookie.load(header)
+        out.update(cookie)
+    return out
+
+
+def _cookie_from(response: httpx.Response, name: str = SESSION_COOKIE) -> tuple[str, Any]:
+    cookies = _set_cookies(response)
+    assert name in cookies, f"no {name} in {response.status_code} {response.headers}"
+    return cookies[name].value, cookies[name]
+
+
+def post_form(env: ProxyEnv, host: str, path: str, data: dict[str, str], cookies: str = "") -> httpx.Response:
+    """A form POST through Traefik to ``host`` (SNI and Host set; redirects not followed)."""
+    with httpx.Client(verify=env.ssl_context, timeout=10.0, trust_env=False) as client:
+        return client.post(
+            f"https://127.0.0.1:{env.https_port}{path}",
+            data=data,
+            headers={"Host": f"{host}:{env.https_port}", **({"Cookie": cookies} if cookies else {})},
+            extensions={"sni_hostname": host},
+        )
+
+
+@dataclass
+class Login:
+    """What a browser holds after the steps of the login flow."""
+
+    state_cookie: str  # "name=value" of the flow's state cookie on the pod host
+    callback_path: str
+    form: dict[str, str]  # code + tenant, as the login answer's auto-submitting form posts them
+    answer: httpx.Response | None = None  # the callback's answer
+    cookie: str = ""  # the pod session cookie's value
+
+
+def start_login(env: ProxyEnv, host: str, path: str, username: str, password: str) -> Login:
+    """Pod URL → 302 + state cookie → login page → POST credentials → the page that POSTs the code to the
+    pod host (not posted yet)."""
     first = env.get(host, path, headers={"Accept": "text/html"})
     assert first.status_code == 302, first.text
+    states = {k: m for k, m in _set_cookies(first).items() if k.startswith(STATE_PREFIX)}
+    assert len(states) == 1, first.headers
+    (state_name, morsel), = states.items()
+    assert morsel["secure"] and morsel["httponly"] and not morsel["domain"] and morsel["path"] == "/"
     login_url = first.headers["location"]
+    assert "code" not in parse_qs(urlsplit(login_url).query)
     with httpx.Client(timeout=30, trust_env=False) as browser:
         page = browser.get(login_url)
         assert page.status_code == 200, page.text
         assert page.headers["content-type"].startswith("text/html")
         form = dict(re.findall(r'<input\s+type="hidden"\s+name="([^"]+)"\s+value="([^"]*)"', page.text))
-        assert set(form) == {"tenant", "pod", "return_to"}, page.text
-        form = {k: html.unescape(v) for k, v in form.items()}
+        assert set(form) == {"flow"}, page.text
         posted = browser.post(
-            login_url.split("?", 1)[0], data={**form, "username": username, "password": password}
+            login_url.split("?", 1)[0],
+            data={"flow": html.unescape(form["flow"]), "username": username, "password": password},
         )
-    assert posted.status_code in (302, 303), posted.text
-    callback = urlsplit(posted.headers["location"])
+    assert posted.status_code == 200, posted.text
+    action = re.search(r'<form method="post" action="([^"]+)"', posted.text)
+    assert action, posted.text
+    callback = urlsplit(html.unescape(action.group(1)))
     assert callback.scheme == "https"
     assert callback.hostname == host
     assert callback.port == env.https_port
-    # The callback is on the pod's own host, routed by Traefik to the API: the cookie is set for that host.
-    answer = env.get(host, f"{callback.path}?{callback.query}", headers={"Accept": "text/html"})
-    assert answer.status_code in (302, 303), answer.text
-    value, morsel = _cookie_from(answer)
-    assert morsel["httponly"]
-    assert morsel["secure"]
-    assert not morsel["domain"]  # host-only: sent to this pod's host alone
-    return value, answer
+    assert not callback.query  # the code travels in the POST body, never in a URL
+    fields = {k: html.unescape(v) for k, v in
+              re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', posted.text)}
+    assert set(fields) == {"code", "tenant"}, posted.text
+    return Login(f"{state_name}={morsel.value}", callback.path, fields)
+
+
+def finish_login(env: ProxyEnv, host: str, flow: Login, *, cookies: str | None = None) -> Login:
+    """The auto-submitted POST of the code to the callback on the pod's own host (routed by Traefik to the
+    API), with the browser's cookies for that host (default: the flow's state cookie)."""
+    answer = post_form(env, host, flow.callback_path, flow.form,
+                       flow.state_cookie if cookies is None else cookies)
+    flow.answer = answer
+    if answer.status_code in (302, 303):
+        value, morsel = _cookie_from(answer)
+        assert morsel["httponly"]
+        assert morsel["secure"]
+        assert not morsel["domain"]  # host-only: sent to this pod's host alone
+        flow.cookie = value
+    return flow
+
+
+def login(env: ProxyEnv, host: str, path: str, username: str, password: str) -> tuple[str, httpx.Response]:
+    """The whole browser flow; returns the pod session cookie's value and the callback's answer."""
+    flow = finish_login(env, host, start_login(env, host, path, username, password))
+    assert flow.answer is not None and flow.answer.status_code in (302, 303), flow.answer and flow.answer.text
+    return flow.cookie, flow.answer
 
 
 def test_browser_login_flow(proxy_env: ProxyEnv) -> None:
@@ -325,24 +388,27 @@ def test_browser_login_flow(proxy_env: ProxyEnv) -> None:
     host = env.host(pod_id)
     env.wait_status(host, 401, "/cgi-bin/env")
 
-    cookie, answer = login(env, host, "/cgi-bin/env?from=browser", USER, f"{USER}-pw")
+    flow = finish_login(env, host, start_login(env, host, "/cgi-bin/env?from=browser", USER, f"{USER}-pw"))
+    answer, cookie = flow.answer, flow.cookie
+    assert answer is not None and answer.status_code == 303, answer.text
     assert answer.headers["location"] == "/cgi-bin/env?from=browser"  # back where the browser wanted to go
     with_cookie = env.get(
         host,
         "/cgi-bin/env?from=browser",
-        headers={"Accept": "text/html", "Cookie": f"X-Tapis-Token={cookie}"},
+        headers={"Accept": "text/html", "Cookie": f"{SESSION_COOKIE}={cookie}"},
     )
     seen = cgi_env(with_cookie)
     assert seen["HTTP_X_USER"] == USER
     assert seen["QUERY_STRING"] == "from=browser"
-    # The cookie is a real token of that user (an API client may use it as the header, too).
-    assert env.get(host, "/cgi-bin/env", headers={"X-Tapis-Token": cookie}).status_code == 200
 
-    # The one-time code cannot be replayed.
-    callback = answer.request.url
-    replay = env.get(host, f"{callback.path}?{callback.query.decode()}")
+    # The one-time code cannot be replayed, not even by the same browser.
+    replay = post_form(env, host, flow.callback_path, flow.form, flow.state_cookie)
     assert replay.status_code == 401
     assert "set-cookie" not in replay.headers
+    # Codes are not accepted in a URL at all.
+    in_url = env.get(host, f"{flow.callback_path}?code={flow.form['code']}&tenant={env.tenant}")
+    assert in_url.status_code in (404, 405)
+    assert "set-cookie" not in in_url.headers
 
 
 def test_browser_login_wrong_password_and_disallowed_user(proxy_env: ProxyEnv) -> None:
@@ -352,7 +418,7 @@ def test_browser_login_wrong_password_and_disallowed_user(proxy_env: ProxyEnv) -
     env.wait_status(host, 401)
     login_url = env.get(host, headers={"Accept": "text/html"}).headers["location"]
     action = login_url.split("?", 1)[0]
-    form = {"tenant": env.tenant, "pod": pod_id, "return_to": "/"}
+    form = {"flow": parse_qs(urlsplit(login_url).query)["flow"][0]}
     with httpx.Client(timeout=30, trust_env=False) as browser:
         wrong = browser.post(action, data={**form, "username": USER, "password": "wrong"})
         assert wrong.status_code == 401
@@ -374,7 +440,7 @@ def test_allowed_users_are_checked_on_every_request(proxy_env: ProxyEnv) -> None
     env.wait_status(host, 401, "/cgi-bin/env")
 
     bob_cookie, _ = login(env, host, "/cgi-bin/env", "bob", "bob-pw")
-    as_bob = {"Cookie": f"X-Tapis-Token={bob_cookie}"}
+    as_bob = {"Cookie": f"{SESSION_COOKIE}={bob_cookie}"}
     assert cgi_env(env.get(host, "/cgi-bin/env", headers=as_bob))["HTTP_X_USER"] == "bob"
 
     # The owner removes bob; the change applies when the pod is restarted.
@@ -388,7 +454,7 @@ def test_allowed_users_are_checked_on_every_request(proxy_env: ProxyEnv) -> None
     alice = {"X-Tapis-Token": env.srv.token(USER)}
     env.wait_status(host, 200, "/cgi-bin/env", headers=alice, what="(after restart)")
 
-    # The same cookie (still a valid token) no longer opens the pod.
+    # The same cookie (still valid) no longer opens the pod.
     denied = env.get(host, "/cgi-bin/env", headers=as_bob)
     assert denied.status_code == 403
     assert "HTTP_X_USER" not in denied.text
@@ -406,6 +472,160 @@ def test_browser_login_returns_to_the_configured_return_path(proxy_env: ProxyEnv
     env.wait_status(host, 401, "/cgi-bin/env")
     cookie, answer = login(env, host, "/somewhere/else", "carol", "carol-pw")
     assert answer.headers["location"] == "/cgi-bin/env"  # the stanza's return path, not where we started
-    landing = env.get(host, answer.headers["location"], headers={"Cookie": f"X-Tapis-Token={cookie}"})
+    landing = env.get(host, answer.headers["location"], headers={"Cookie": f"{SESSION_COOKIE}={cookie}"})
     seen = cgi_env(landing)
     assert seen["HTTP_X_TAPIS_USERNAME"] == "carol"
+
+
+# ------------------------------------------------------------------- credentials stay with OpenPods (issue 9)
+
+
+def _dump(seen: dict[str, str]) -> str:
+    return "\n".join(f"{k}={v}" for k, v in seen.items())
+
+
+def test_neither_token_nor_openpods_cookies_reach_the_pod(proxy_env: ProxyEnv) -> None:
+    """With and without tapis_auth, on the default and a second stanza: X-Tapis-Token and every OpenPods
+    cookie are gone before the pod, the pod's own cookies (Jupyter's) still arrive."""
+    env = proxy_env
+    pod_id = start(
+        env,
+        {
+            "default": http_stanza(),
+            "priv": http_stanza(tapis_auth=True, tapis_auth_response_headers={"X-User": "<<tapisusername>>"}),
+        },
+        command=ENV_CGI_COMMAND,
+    )
+    open_host, priv_host = env.host(pod_id), env.host(pod_id, "priv")
+    env.wait_status(open_host, 200, "/cgi-bin/env")
+    env.wait_status(priv_host, 401, "/cgi-bin/env")
+    token = env.srv.token(USER)
+    session, _ = login(env, priv_host, "/cgi-bin/env", USER, f"{USER}-pw")
+    ours = f"{SESSION_COOKIE}={session}; X-Tapis-Token={token}; {STATE_PREFIX}0123456789abcdef=st; openpods-x=1"
+    theirs = "_xsrf=2|abc; username-pod=jupyter-session"
+    cases = [
+        (open_host, {"X-Tapis-Token": token}, None),
+        (open_host, {"X-Tapis-Token": token, "Cookie": f"{theirs}; {ours}"}, theirs),
+        (open_host, {"Cookie": f"{ours}; {theirs}"}, theirs),
+        (open_host, {"Cookie": ours}, None),
+        (open_host, {"Cookie": theirs}, theirs),
+        (priv_host, {"X-Tapis-Token": token}, None),
+        (priv_host, {"X-Tapis-Token": token, "Cookie": f"{theirs}; {ours}"}, theirs),
+        (priv_host, {"Cookie": f"{ours}; {theirs}"}, theirs),  # a browser signed in with its cookie
+        (priv_host, {"Cookie": ours}, None),
+    ]
+    for host, headers, expected_cookie in cases:
+        seen = cgi_env(env.get(host, "/cgi-bin/env", headers=headers))
+        dump = _dump(seen)
+        assert token not in dump and session not in dump, (host, headers, dump)
+        assert "HTTP_X_TAPIS_TOKEN" not in seen, (host, dump)
+        headers_seen = "\n".join(f"{k}={v}" for k, v in seen.items() if k.startswith("HTTP_"))
+        assert "openpods" not in headers_seen.lower(), (host, headers_seen)
+        assert seen.get("HTTP_COOKIE") == expected_cookie, (host, headers, dump)
+        if host == priv_host:
+            assert seen["HTTP_X_USER"] == USER
+
+
+def test_pod_session_cookie_is_useless_against_the_api_and_other_pods(proxy_env: ProxyEnv) -> None:
+    env = proxy_env
+    user = "carol"
+    first = start(env, {"default": http_stanza(tapis_auth=True)}, command=ENV_CGI_COMMAND)
+    second = start(env, {"default": http_stanza(tapis_auth=True)}, command=ENV_CGI_COMMAND)
+    host, other = env.host(first), env.host(second)
+    env.wait_status(host, 401, "/cgi-bin/env")
+    env.wait_status(other, 401, "/cgi-bin/env")
+    cookie, _ = login(env, host, "/cgi-bin/env", user, f"{user}-pw")
+    as_cookie = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+    assert cgi_env(env.get(host, "/cgi-bin/env", headers=as_cookie))["HTTP_X_TAPIS_USERNAME"] == user
+
+    # not an API token: neither at the API nor as the pod's X-Tapis-Token
+    api = env.srv.client(token=cookie).get("/v3/pods")
+    assert api.status_code == 401, api.text
+    assert env.get(host, "/cgi-bin/env", headers={"X-Tapis-Token": cookie}).status_code == 401
+    # not for another pod (even one the user may use)
+    assert env.get(other, "/cgi-bin/env", headers=as_cookie).status_code == 401
+    browser = env.get(other, "/cgi-bin/env", headers={**as_cookie, "Accept": "text/html"})
+    assert browser.status_code == 302
+    assert "HTTP_" not in browser.text
+
+    # revocation reaches pod sessions too: logout of every token of the user
+    token = env.srv.token(user)
+    r = env.srv.client(token=token).post("/v3/oauth2/logout", params={"all": "true"})
+    assert r.status_code == 200, r.text
+    denied = env.get(host, "/cgi-bin/env", headers=as_cookie)
+    assert denied.status_code == 401
+    assert "HTTP_" not in denied.text
+    assert env.srv.client(token=token).get("/v3/pods").status_code == 401
+
+
+def test_login_code_is_bound_to_the_browser_that_started_the_login(proxy_env: ProxyEnv) -> None:
+    """Login CSRF: a code obtained by an attacker's own login cannot sign in a victim's browser."""
+    env = proxy_env
+    pod_id = start(env, {"default": http_stanza(tapis_auth=True)}, command=ENV_CGI_COMMAND)
+    host = env.host(pod_id)
+    env.wait_status(host, 401, "/cgi-bin/env")
+
+    attacker = start_login(env, host, "/cgi-bin/env", "bob", "bob-pw")
+    victim = start_login(env, host, "/cgi-bin/env", USER, f"{USER}-pw")
+    for cookies in ("", victim.state_cookie, victim.state_cookie.split("=", 1)[0] + "=forged"):
+        tried = finish_login(env, host, attacker, cookies=cookies).answer
+        assert tried is not None and tried.status_code == 401, (cookies, tried and tried.text)
+        assert SESSION_COOKIE not in _set_cookies(tried)
+    # The same code from the browser that started that login works (so it was a valid code).
+    done = finish_login(env, host, attacker).answer
+    assert done is not None and done.status_code == 303
+    assert finish_login(env, host, victim).answer.status_code == 303  # type: ignore[union-attr]
+
+
+def _access_log(env: ProxyEnv) -> Path:
+    static = yaml.safe_load((env.traefik_dir / "traefik.yml").read_text())
+    assert static.get("accessLog", {}).get("filePath"), "this test needs Traefik's access log on"
+    return Path(static["accessLog"]["filePath"])
+
+
+def test_one_time_codes_and_cookies_stay_out_of_traefiks_access_log(proxy_env: ProxyEnv) -> None:
+    env = proxy_env
+    pod_id = start(env, {"default": http_stanza(tapis_auth=True)}, command=ENV_CGI_COMMAND)
+    host = env.host(pod_id)
+    env.wait_status(host, 401, "/cgi-bin/env")
+    log_path = _access_log(env)
+    flow = finish_login(env, host, start_login(env, host, "/cgi-bin/env?marker=1", USER, f"{USER}-pw"))
+    assert flow.answer is not None and flow.answer.status_code == 303
+    code = flow.form["code"]
+
+    def logged() -> str | None:
+        text = log_path.read_text(errors="replace")
+        return text if flow.callback_path in text else None
+
+    text = wait_until(logged, what="the callback request in Traefik's access log")
+    assert "marker=1" in text  # the log has the requests of this login, with their queries
+    assert code not in text
+    assert code.split(".")[2] not in text  # not even the signature part
+    assert flow.cookie not in text
+
+
+def test_forward_auth_and_login_page_do_not_reveal_which_pods_exist(proxy_env: ProxyEnv) -> None:
+    env = proxy_env
+    protected = start(env, {"default": http_stanza(tapis_auth=True)})
+    plain = start(env, {"default": http_stanza()})
+    missing = unique()
+    anonymous = env.srv.client()
+    bob = env.srv.client("bob")
+
+    def answers(pod_id: str) -> list[tuple[int, str]]:
+        out = []
+        for client in (anonymous, bob):
+            for accept in ("application/json", "text/html"):
+                r = client.get(f"/v3/pods/{pod_id}/auth", params={"tenant": env.tenant},
+                               headers={"Accept": accept})
+                out.append((r.status_code, r.text.replace(pod_id, "<id>")))
+            page = client.get("/v3/oauth2/login", params={"tenant": env.tenant, "pod": pod_id, "return_to": "/"})
+            out.append((page.status_code, page.text.replace(pod_id, "<id>")))
+        return out
+
+    expected = answers(missing)
+    assert {status for status, _ in expected} <= {400, 404}
+    assert answers(protected) == expected
+    assert answers(plain) == expected
+    # Traefik's calls (signed by the proxy config) still work.
+    env.wait_status(env.host(protected), 401)

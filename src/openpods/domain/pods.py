@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -128,3 +129,28 @@ def time_to_stop_ts(start: datetime | None, default: int | None, instance: int |
     if seconds is None or seconds == -1:
         return None
     return start + timedelta(seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------------- jupyter
+
+JUPYTER_SUFFIX = "jupyter"
+
+
+def jupyter_pod_id(username: str) -> str:
+    """The personal Jupyter pod of a user: ``<username>jupyter`` when the username is already lowercase
+    letters and digits (as Tapis names it), else the cleaned name plus 8 hex digits of its hash, so two users
+    never share one id ("a.b" and "ab" differ)."""
+    base = re.sub(r"[^a-z0-9]", "", username.lower())
+    exact = base == username and base[:1].isalpha() and len(base) <= 64 - len(JUPYTER_SUFFIX)
+    if exact:
+        return f"{base}{JUPYTER_SUFFIX}"
+    if not base or not base[0].isalpha():
+        base = f"u{base}"
+    digest = hashlib.sha256(username.encode()).hexdigest()[:8]
+    return f"{base[:64 - len(JUPYTER_SUFFIX) - 8]}{digest}{JUPYTER_SUFFIX}"
+
+
+def jupyter_id_reserved_for_other(pod_id: str, username: str) -> bool:
+    """Pod ids ending in ``jupyter`` are reserved: each user may create only their own Jupyter pod id, so no
+    one can squat another user's id and capture their Jupyter sessions and uploads."""
+    return pod_id.endswith(JUPYTER_SUFFIX) and pod_id != jupyter_pod_id(username)

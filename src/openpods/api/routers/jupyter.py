@@ -1,34 +1,55 @@
-"""Jupyter helpers of the spec: a personal JupyterLab pod per user, and uploads into its home directory."""
+"""Jupyter helpers of the spec: a personal JupyterLab pod per user, and uploads into its home directory.
+
+A *Jupyter pod* is a pod made from the ``jupyterlab`` template. The personal one of a user has the id
+:func:`~openpods.domain.pods.jupyter_pod_id` (ids ending in ``jupyter`` are reserved: only that user can create
+it), and ``ensure`` hands out only a pod the caller created. Uploads follow upload_to_pod's rules (ADMIN on a
+running pod, no ``..``) and go only into Jupyter pods.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import re
 
 from fastapi import APIRouter, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, Conflict, NotFound, ok
-from openpods.api.routers.pod_runtime import _runtime, copy_into_container
+from openpods.api.routers.pod_runtime import _log, _runtime, copy_into_container
 from openpods.api.routers.pods import create_pod, load_pod
+from openpods.domain import templates as tpl
 from openpods.domain.container_spec import container_name
 from openpods.domain.models import NewPod
 from openpods.domain.permissions import Level
+from openpods.domain.pods import jupyter_pod_id
 from openpods.store.db import transaction
-from openpods.store.tables import Pod, Template
+from openpods.store.tables import ActionLog, Pod, Template
 
 router = APIRouter(prefix="/v3/pods/jupyter", tags=["jupyter"])
 JUPYTER_TEMPLATE = "jupyterlab"
 JUPYTER_HOME = "/home/jovyan"
 
 
-def jupyter_pod_id(username: str) -> str:
-    base = re.sub(r"[^a-z0-9]", "", username.lower())
-    if not base or not base[0].isalpha():
-        base = f"u{base}"
-    return f"{base[:57]}jupyter"
+def is_jupyter_pod(pod: Pod) -> bool:
+    if not pod.template:
+        return False
+    try:
+        return tpl.parse_template_ref(pod.template).template_id == JUPYTER_TEMPLATE
+    except tpl.TemplateRefError:
+        return False
+
+
+def _creator(s: Session, pod: Pod) -> str | None:
+    """Who created the pod: the actor of its first action log entry (a pod's logs go when it is deleted)."""
+    return s.scalar(
+        select(ActionLog.actor)
+        .where(ActionLog.object_type == "pod", ActionLog.tenant_id == pod.tenant_id, ActionLog.object_id == pod.pod_id)
+        .order_by(ActionLog.id)
+        .limit(1)
+    )
 
 
 @router.get("/ensure", operation_id="ensure_jupyter_pod", summary="ensure_jupyter_pod")
@@ -37,6 +58,12 @@ def ensure_jupyter_pod(ctx: Ctx, caller: Caller) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         pod = s.get(Pod, (caller.tenant_id, pod_id))
         if pod is not None:
+            if not is_jupyter_pod(pod) or _creator(s, pod) != caller.username:
+                # Made by someone else (before ids ending in 'jupyter' were reserved) or not from the Jupyter
+                # template: never hand it out as the caller's Jupyter pod.
+                raise Conflict(
+                    f"Pod '{pod_id}' exists but is not your Jupyter pod; a site admin must remove it."
+                )
             load_pod(s, caller, pod_id, Level.READ)
             url = (pod.networking.get("default") or {}).get("url", "")
             return ok(
@@ -70,11 +97,15 @@ def ensure_jupyter_pod(ctx: Ctx, caller: Caller) -> JSONResponse:
 
 @router.post("/{pod_id}/upload", operation_id="upload_to_jupyter", summary="upload_to_jupyter")
 async def upload_to_jupyter(ctx: Ctx, caller: Caller, pod_id: str, request: Request) -> JSONResponse:
-    """Writes the file below the Jupyter home directory of a running pod (USER on the pod)."""
+    """Writes the file below the Jupyter home directory of a running Jupyter pod (ADMIN on the pod, as
+    upload_to_pod)."""
 
     def check() -> None:
         with transaction(ctx.sessions) as s:
-            pod = load_pod(s, caller, pod_id, Level.USER)
+            pod = load_pod(s, caller, pod_id, Level.ADMIN)
+            if not is_jupyter_pod(pod):
+                raise BadRequest([f"pod_id: '{pod_id}' is not a Jupyter pod (made from the "
+                                  f"'{JUPYTER_TEMPLATE}' template); use upload_to_pod."])
             if pod.status != "AVAILABLE":
                 raise Conflict(f"Pod '{pod_id}' is {pod.status}; it must be AVAILABLE to upload.")
 
@@ -91,7 +122,8 @@ async def upload_to_jupyter(ctx: Ctx, caller: Caller, pod_id: str, request: Requ
                 ["path: a relative path inside the Jupyter home directory is required (no '..')."]
             )
         dest = f"{JUPYTER_HOME}/{rel}"
-        await copy_into_container(ctx, runtime, container_name(caller.tenant_id, pod_id), upload, dest)
+        size = await copy_into_container(ctx, runtime, container_name(caller.tenant_id, pod_id), upload, dest)
     finally:
         await form.close()
+    await asyncio.to_thread(_log, ctx, caller, pod_id, f"'{caller.username}' uploaded a file of {size} bytes to {dest}")
     return ok({"path": dest}, f"File uploaded to {dest}.")

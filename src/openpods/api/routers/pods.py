@@ -23,7 +23,14 @@ from openpods.domain import status as st
 from openpods.domain import templates as tpl_domain
 from openpods.domain.models import NewPod, NewTemplateTagFromPod, SetPermission, UpdatePod
 from openpods.domain.permissions import Level
-from openpods.domain.pods import check_against_site, split_pod_id_net, with_urls
+from openpods.domain.pods import (
+    JUPYTER_SUFFIX,
+    check_against_site,
+    jupyter_id_reserved_for_other,
+    jupyter_pod_id,
+    split_pod_id_net,
+    with_urls,
+)
 from openpods.services import pods as pod_svc
 from openpods.services import templates as tpl_svc
 from openpods.services.images import check_image_allowed
@@ -118,6 +125,9 @@ def create_pod(ctx: Ctx, caller: Caller, body: NewPod) -> JSONResponse:
 def _create_pod(ctx: AppContext, caller: Identity, body: NewPod) -> JSONResponse:
     fields = body.model_dump()
     user_set = tpl_svc.user_set_fields(body.model_dump(exclude_unset=True))
+    if jupyter_id_reserved_for_other(body.pod_id, caller.username):
+        raise BadRequest([f"pod_id: ids ending in '{JUPYTER_SUFFIX}' are reserved for personal Jupyter pods; "
+                          f"yours is '{jupyter_pod_id(caller.username)}'."])
     with transaction(ctx.sessions) as s:
         _validation(ctx, s, caller, {k: fields[k] for k in body.model_fields_set | {"resources"}})
         if s.get(Pod, (caller.tenant_id, body.pod_id)) is not None:
