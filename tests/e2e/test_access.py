@@ -20,7 +20,7 @@ import httpx
 import jwt
 import yaml
 
-from .conftest import ECHO_IMAGE, ENV_CGI_COMMAND, USER, ProxyEnv, unique, wait_until
+from .conftest import ECHO_IMAGE, ENV_CGI_COMMAND, HTTP_IMAGE, SMALL, USER, ProxyEnv, unique, wait_until
 
 HELLO = "hello from openpods"
 
@@ -500,9 +500,15 @@ def test_neither_token_nor_openpods_cookies_reach_the_pod(proxy_env: ProxyEnv) -
     env.wait_status(open_host, 200, "/cgi-bin/env")
     env.wait_status(priv_host, 401, "/cgi-bin/env")
     token = env.srv.token(USER)
+    theirs = "_xsrf=2|abc; username-pod=jupyter-session"
+    # Before any login: the visitor's API token, as header (also as its alias) and as the old cookie.
+    for host in (open_host, priv_host):
+        for headers in ({"X-Tapis-Token": token}, {"X-Tapis-Token": token, "X_Tapis_Token": token},
+                        {"X-Tapis-Token": token, "Cookie": f"{theirs}; X-Tapis-Token={token}"}):
+            seen = cgi_env(env.get(host, "/cgi-bin/env", headers=headers))
+            assert token not in _dump(seen), (host, headers, _dump(seen))
     session, _ = login(env, priv_host, "/cgi-bin/env", USER, f"{USER}-pw")
     ours = f"{SESSION_COOKIE}={session}; X-Tapis-Token={token}; {STATE_PREFIX}0123456789abcdef=st; openpods-x=1"
-    theirs = "_xsrf=2|abc; username-pod=jupyter-session"
     cases = [
         (open_host, {"X-Tapis-Token": token}, None),
         (open_host, {"X-Tapis-Token": token, "Cookie": f"{theirs}; {ours}"}, theirs),
@@ -629,3 +635,51 @@ def test_forward_auth_and_login_page_do_not_reveal_which_pods_exist(proxy_env: P
     assert answers(plain) == expected
     # Traefik's calls (signed by the proxy config) still work.
     env.wait_status(env.host(protected), 401)
+
+
+def test_upload_to_jupyter_only_into_jupyter_pods_with_admin(proxy_env: ProxyEnv) -> None:
+    """Real containers: a Jupyter pod (made from the 'jupyterlab' template) gets the file in its home; a plain
+    pod never does, whatever the caller's level; USER on the Jupyter pod is not enough."""
+    from openpods.domain.pods import jupyter_pod_id
+
+    env = proxy_env
+    admin = env.srv.client("admin")
+    r = admin.post("/v3/pods/templates", json={"template_id": "jupyterlab"})
+    assert r.status_code in (200, 409), r.text
+    r = admin.post("/v3/pods/templates/jupyterlab/tags", json={
+        "tag": "latest", "commit_message": "busybox stands in for JupyterLab",
+        "pod_definition": {"image": HTTP_IMAGE, "resources": dict(SMALL),
+                           "networking": {"default": {"protocol": "http", "port": 5000}}}})
+    assert r.status_code == 200, r.text
+    r = admin.post("/v3/pods/templates/jupyterlab/permissions", json={"user": USER, "level": "READ"})
+    assert r.status_code == 200, r.text
+
+    ensured = env.http.get("/v3/pods/jupyter/ensure")
+    assert ensured.status_code == 200, ensured.text
+    jpod = jupyter_pod_id(USER)
+    env.created.append(jpod)
+    plain = start(env, {"default": http_stanza()})
+    env.wait_available(jpod)
+    for pod_id in (jpod, plain):
+        r = env.http.post(f"/v3/pods/{pod_id}/permissions", json={"user": "bob", "level": "USER"})
+        assert r.status_code == 200, r.text
+    bob = env.srv.client("bob")
+
+    def upload(client: httpx.Client, pod_id: str, name: str) -> httpx.Response:
+        return client.post(f"/v3/pods/jupyter/{pod_id}/upload", files={"file": (name, b"payload\n")},
+                           data={"path": f"notes/{name}"})
+
+    def exists(pod_id: str, name: str) -> bool:
+        r = env.http.post(f"/v3/pods/{pod_id}/exec", json={"commands": [["ls", f"/home/jovyan/notes/{name}"]]})
+        assert r.status_code == 200, r.text
+        return r.json()["result"]["execution_results"][0]["exit_code"] == 0
+
+    assert upload(bob, plain, "bob-plain.txt").status_code == 403
+    assert upload(bob, jpod, "bob-jupyter.txt").status_code == 403
+    refused = upload(env.http, plain, "owner-plain.txt")
+    assert refused.status_code == 400, refused.text
+    assert not exists(plain, "owner-plain.txt")
+    assert not exists(jpod, "bob-jupyter.txt")
+    done = upload(env.http, jpod, "owner-jupyter.txt")
+    assert done.status_code == 200, done.text
+    assert exists(jpod, "owner-jupyter.txt")
