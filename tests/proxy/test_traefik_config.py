@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from openpods.domain.traefik_config import (
+    COOKIE_FILTER_MIDDLEWARE,
     POSTGRES_TLS_OPTION,
     REDIRECT_MIDDLEWARE,
+    STRIP_TOKEN_MIDDLEWARE,
     PodRoutes,
     ProxyRenderSettings,
     RenderResult,
@@ -93,9 +95,11 @@ def test_http_stanza_gets_https_router_and_redirect() -> None:
         "rule": "Host(`mypod.pods.localhost`)",
         "service": name,
         "tls": {},
-        "middlewares": [f"{name}-strip"],
+        "middlewares": [STRIP_TOKEN_MIDDLEWARE],
     }
-    assert http["middlewares"][f"{name}-strip"] == {"headers": {"customRequestHeaders": {"X-Tapis-Token": ""}}}
+    assert http["middlewares"][STRIP_TOKEN_MIDDLEWARE] == {
+        "headers": {"customRequestHeaders": {"X-Tapis-Token": ""}}
+    }
     assert http["routers"][f"{name}-web"] == {
         "entryPoints": ["web"],
         "rule": "Host(`mypod.pods.localhost`)",
@@ -119,7 +123,7 @@ def test_redirect_port_omitted_for_443_and_plain_http_served_when_redirect_off()
         pod(stanzas={"default": {"protocol": "http", "ip_allow_list": ["10.0.0.0/8"]}}), settings=plain
     ).config
     web = config["http"]["routers"]["tacc-mypod-default-web"]
-    assert web["middlewares"] == ["tacc-mypod-default-ipallow", "tacc-mypod-default-strip"]
+    assert web["middlewares"] == ["tacc-mypod-default-ipallow", STRIP_TOKEN_MIDDLEWARE]
     assert REDIRECT_MIDDLEWARE not in config["http"]["middlewares"]
 
     no_web = ProxyRenderSettings(forward_auth_url=AUTH_URL, http_entrypoint=None)
@@ -211,7 +215,7 @@ def test_http_middlewares_in_order_with_values() -> None:
         "tacc-mypod-default-ipallow",
         "tacc-mypod-default-cors",
         "tacc-mypod-default-auth",
-        "tacc-mypod-default-strip",
+        STRIP_TOKEN_MIDDLEWARE,
     ]
     assert http["middlewares"]["tacc-mypod-default-ipallow"] == {
         "ipAllowList": {"sourceRange": ["127.0.0.1", "10.0.0.0/8", "::1", "2001:db8::/32", "192.168.1.0/24"]}
@@ -249,15 +253,15 @@ def test_no_middlewares_when_lists_empty() -> None:
         "tapis_auth_response_headers": {"X-A": "b"},
     }
     http = render(pod(stanzas={"default": stanza})).config["http"]
-    assert http["routers"]["tacc-mypod-default"]["middlewares"] == ["tacc-mypod-default-strip"]
-    assert set(http["middlewares"]) == {REDIRECT_MIDDLEWARE, "tacc-mypod-default-strip"}
+    assert http["routers"]["tacc-mypod-default"]["middlewares"] == [STRIP_TOKEN_MIDDLEWARE]
+    assert set(http["middlewares"]) == {REDIRECT_MIDDLEWARE, STRIP_TOKEN_MIDDLEWARE}
 
 
 def test_null_fields_take_defaults() -> None:
     stanza = {key: None for key in FULL_HTTP}
     result = render(pod(stanzas={"default": stanza}))
     assert result.errors == {}
-    assert result.config["http"]["routers"]["tacc-mypod-default"]["middlewares"] == ["tacc-mypod-default-strip"]
+    assert result.config["http"]["routers"]["tacc-mypod-default"]["middlewares"] == [STRIP_TOKEN_MIDDLEWARE]
 
 
 def test_username_header_not_duplicated_and_auth_tls_ca() -> None:
@@ -285,17 +289,18 @@ def test_credentials_never_reach_the_pod_on_any_http_stanza() -> None:
     routers, mws = http["routers"], http["middlewares"]
     for key in ("default", "priv"):
         name = f"tacc-mypod-{key}"
-        assert routers[name]["middlewares"][-1] == f"{name}-strip"
-        assert routers[f"{name}-web"]["middlewares"][-1] == f"{name}-strip"
-        assert mws[f"{name}-strip"] == {"headers": {"customRequestHeaders": {"X-Tapis-Token": ""}}}
+        assert routers[name]["middlewares"][-1] == STRIP_TOKEN_MIDDLEWARE
+        assert routers[f"{name}-web"]["middlewares"][-1] == STRIP_TOKEN_MIDDLEWARE
+    assert mws[STRIP_TOKEN_MIDDLEWARE] == {"headers": {"customRequestHeaders": {"X-Tapis-Token": ""}}}
     # without tapis_auth: the cookie router
     cookies = routers["tacc-mypod-default-cookies"]
     assert cookies["rule"].startswith("Host(`mypod.pods.localhost`) && HeaderRegexp(`Cookie`, ")
-    assert cookies["middlewares"] == ["tacc-mypod-default-cookies", "tacc-mypod-default-strip"]
+    assert cookies["middlewares"] == [COOKIE_FILTER_MIDDLEWARE, STRIP_TOKEN_MIDDLEWARE]
     assert cookies["service"] == "tacc-mypod-default"
     assert routers["tacc-mypod-default-webcookies"]["middlewares"] == cookies["middlewares"]
-    assert mws["tacc-mypod-default-cookies"]["forwardAuth"]["address"] == "http://127.0.0.1:8000/traefik-cookie-filter"
-    assert mws["tacc-mypod-default-cookies"]["forwardAuth"]["authResponseHeaders"] == ["Cookie"]
+    cookie_filter = mws[COOKIE_FILTER_MIDDLEWARE]["forwardAuth"]
+    assert cookie_filter["address"] == "http://127.0.0.1:8000/traefik-cookie-filter"
+    assert cookie_filter["authResponseHeaders"] == ["Cookie"]
     # with tapis_auth: the auth call filters cookies, the address is signed
     assert "tacc-mypod-priv-cookies" not in routers
     auth = mws["tacc-mypod-priv-auth"]["forwardAuth"]
@@ -316,7 +321,7 @@ def test_cookie_regexp_matches_only_openpods_cookies() -> None:
     for header in ("__Host-openpods-session=x", "a=1; __Host-openpods-state-0123456789abcdef=y",
                    "a=1;X-Tapis-Token=t", "openpods_x=1", "A=1;  x-tapis-token=t"):
         assert pattern.search(header), header
-    for header in ("_xsrf=1; jupyterhub-session=2", "a=openpods", "myopenpods=1", "a=1; b=X-Tapis-Token="):
+    for header in ("_xsrf=1; jupyterhub-session=2", "username-localhost-8888=2|1:0|10:17"):
         assert not pattern.search(header), header
 
 

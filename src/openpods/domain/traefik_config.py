@@ -23,13 +23,14 @@ Per stanza (``protocol``):
 
 - ``http``: HTTPS router ``Host(`host`)`` on the TLS entrypoint, and on the plain-HTTP entrypoint either a
   router that redirects to HTTPS (``redirect_http_to_https``) or one that serves the pod the same way.
-  Middlewares, in this order: ``ipAllowList`` → CORS ``headers`` → ``forwardAuth`` → ``<name>-strip``.
-  OpenPods' credentials never reach the pod: ``<name>-strip`` deletes ``X-Tapis-Token`` (after forward-auth
-  has read it), and OpenPods' cookies are removed from ``Cookie`` by a forward-auth answer that Traefik copies
-  over the request's header (``authResponseHeaders: [Cookie]``; an answer without it deletes the header). With
-  tapis_auth that is the auth call itself; without it, a second router ``<name>-cookies`` (same host, plus
-  ``HeaderRegexp`` on an OpenPods cookie, so a longer rule and a higher priority) sends only requests that
-  carry such a cookie through ``<name>-cookies`` forward-auth to ``cookie_filter_url``.
+  Middlewares, in this order: ``ipAllowList`` → CORS ``headers`` → ``forwardAuth`` →
+  :data:`STRIP_TOKEN_MIDDLEWARE`. OpenPods' credentials never reach the pod: the shared
+  :data:`STRIP_TOKEN_MIDDLEWARE` deletes ``X-Tapis-Token`` (after forward-auth has read it), and OpenPods'
+  cookies are removed from ``Cookie`` by a forward-auth answer that Traefik copies over the request's header
+  (``authResponseHeaders: [Cookie]``; an answer without it deletes the header). With tapis_auth that is the
+  auth call itself; without it, a second router ``<name>-cookies`` (same host, plus ``HeaderRegexp`` on an
+  OpenPods cookie, so a longer rule and a higher priority) sends only requests that carry such a cookie
+  through the shared :data:`COOKIE_FILTER_MIDDLEWARE` (forward-auth to ``cookie_filter_url``).
 - ``tcp``: TCP router ``HostSNI(`host`)`` on the TLS entrypoint, TLS terminated by Traefik; optional TCP
   ``ipAllowList``.
 - ``postgres``: like ``tcp``, with the shared TLS option :data:`POSTGRES_TLS_OPTION` whose ``alpnProtocols``
@@ -52,9 +53,11 @@ from functools import lru_cache
 from typing import Any
 
 __all__ = [
+    "COOKIE_FILTER_MIDDLEWARE",
     "POSTGRES_TLS_OPTION",
     "PROTOCOLS",
     "REDIRECT_MIDDLEWARE",
+    "STRIP_TOKEN_MIDDLEWARE",
     "USERNAME_HEADER",
     "PodRoutes",
     "ProxyRenderSettings",
@@ -72,12 +75,17 @@ USERNAME_HEADER = "X-Tapis-Username"
 POSTGRES_TLS_OPTION = "openpodspostgres"
 #: Name of the shared middleware that redirects plain HTTP to HTTPS.
 REDIRECT_MIDDLEWARE = "openpodsredirecthttps"
+#: Shared middleware that deletes X-Tapis-Token (last in every http chain).
+STRIP_TOKEN_MIDDLEWARE = "openpodsstriptoken"
+#: Shared forwardAuth middleware that removes OpenPods' cookies (routers of stanzas without tapis_auth).
+COOKIE_FILTER_MIDDLEWARE = "openpodscookiefilter"
 API_SERVICE = "openpods-api"
 #: Header deleted from every request before it reaches a pod (an API token of the visitor).
 TOKEN_HEADER = "X-Tapis-Token"
-#: Go regexp matching a Cookie header that carries an OpenPods cookie (``__Host-openpods-*``, ``openpods*``)
-#: or the legacy ``X-Tapis-Token`` cookie; see ``openpods.auth.pod_access.is_openpods_cookie``.
-OPENPODS_COOKIE_REGEXP = r"(?i)(^|;)\s*(__host-openpods|openpods|x-tapis-token)[^=;]*="
+#: Go regexp matching every Cookie header that carries an OpenPods cookie (``__Host-openpods-*``,
+#: ``openpods*``) or the legacy ``X-Tapis-Token`` cookie (see ``openpods.auth.pod_access.is_openpods_cookie``).
+#: Kept short (it is in one router per stanza); a false match only costs the filter's round trip.
+OPENPODS_COOKIE_REGEXP = "(?i)openpods|x-tapis-token"
 
 MAX_IP_ALLOW_ENTRIES = 256
 MAX_RESPONSE_HEADERS = 32
@@ -537,6 +545,8 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
     uses_postgres = False
     uses_redirect = False
     uses_api = False
+    uses_strip = False
+    uses_cookie_filter = False
 
     https_ep = settings.https_entrypoint
     http_ep = settings.http_entrypoint or None
@@ -636,8 +646,8 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
                     mw = f"{name}-cors"
                     http_middlewares[mw] = {"headers": cors}
                     middlewares.append(mw)
-                strip = f"{name}-strip"
-                http_middlewares[strip] = {"headers": {"customRequestHeaders": {TOKEN_HEADER: ""}}}
+                uses_strip = True
+                strip = STRIP_TOKEN_MIDDLEWARE
                 cookie_chain: list[str] | None = None
                 if stanza.tapis_auth:
                     address = auth_template.format(
@@ -673,16 +683,8 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
                             "tls": dict(tls_plain),
                         }
                 elif cookie_filter is not None:
-                    filter_mw = f"{name}-cookies"
-                    cookie_auth: dict[str, Any] = {
-                        "address": cookie_filter,
-                        "authResponseHeaders": ["Cookie"],
-                        "maxResponseBodySize": auth_body,
-                    }
-                    if auth_tls is not None:
-                        cookie_auth["tls"] = dict(auth_tls)
-                    http_middlewares[filter_mw] = {"forwardAuth": cookie_auth}
-                    cookie_chain = [*middlewares, filter_mw, strip]
+                    uses_cookie_filter = True
+                    cookie_chain = [*middlewares, COOKIE_FILTER_MIDDLEWARE, strip]
                 middlewares.append(strip)
                 rule = f"Host(`{host}`)"
                 cookie_rule = f"{rule} && HeaderRegexp(`Cookie`, `{OPENPODS_COOKIE_REGEXP}`)"
@@ -750,6 +752,17 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
     config: dict[str, Any] = {}
     if uses_api:
         http_services[API_SERVICE] = {"loadBalancer": {"servers": [{"url": settings.api_url}]}}
+    if uses_strip:
+        http_middlewares[STRIP_TOKEN_MIDDLEWARE] = {"headers": {"customRequestHeaders": {TOKEN_HEADER: ""}}}
+    if uses_cookie_filter:
+        cookie_auth: dict[str, Any] = {
+            "address": cookie_filter,
+            "authResponseHeaders": ["Cookie"],
+            "maxResponseBodySize": auth_body,
+        }
+        if auth_tls is not None:
+            cookie_auth["tls"] = dict(auth_tls)
+        http_middlewares[COOKIE_FILTER_MIDDLEWARE] = {"forwardAuth": cookie_auth}
     if uses_redirect:
         redirect: dict[str, Any] = {"scheme": "https", "permanent": True}
         if settings.https_redirect_port is not None and settings.https_redirect_port != 443:
