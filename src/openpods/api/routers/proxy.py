@@ -299,7 +299,13 @@ def login_submit(ctx: Ctx, request: Request, flow: str = Form(""), username: str
     return HTMLResponse(page, headers=_HTML_HEADERS)
 
 
-@router.post("/v3/pods/{pod_id_net}/auth/callback", operation_id="pod_auth_callback", summary="pod_auth_callback")
+@router.get("/v3/pods/{pod_id_net}/auth/callback", operation_id="pod_auth_callback", summary="pod_auth_callback")
+def pod_auth_callback_get(pod_id_net: str) -> Response:
+    """The spec's GET: OpenPods never takes a one-time code from a URL (URLs end up in access logs)."""
+    raise BadRequest(["code: send the one-time login code by POST (form field 'code'), never in the URL."])
+
+
+@router.post("/v3/pods/{pod_id_net}/auth/callback", include_in_schema=False)
 def pod_auth_callback(ctx: Ctx, request: Request, pod_id_net: str, code: str = Form(""),
                       tenant: str = Form("")) -> Response:
     tenant_id = tenant or ctx.settings.default_tenant
