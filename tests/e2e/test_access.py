@@ -2,6 +2,11 @@
 (forward-auth to OpenPods, the browser login flow with its callback on the pod's own host, response headers
 seen at the pod, allowed users checked on every request).
 
+Issue 9 (items 2 and 11): neither the visitor's X-Tapis-Token nor any OpenPods cookie reaches a pod; the login
+cookie is a pod-scoped session, useless at the API and at other pods, revoked with the user's tokens; the
+one-time code is bound to the browser (state cookie) and never appears in Traefik's access log; forward-auth
+and the login page reveal nothing about which pods exist; Jupyter uploads go only into Jupyter pods (ADMIN).
+
 Pods that must show what reached them run busybox httpd with a CGI script printing its environment
 (``GET /cgi-bin/env``): request headers appear as ``HTTP_<NAME>=value``.
 """
