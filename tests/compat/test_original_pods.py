@@ -165,6 +165,16 @@ def test_upload_form_text_part_limits(module_pod_server: Any, ids: dict[str, str
         assert r.json()["message"][0].startswith("dest_path")
 
 
+@pytest.mark.parametrize("path", ["upload_to_pod", "jupyter"])
+def test_malformed_multipart_to_a_pod_is_400(module_pod_server: Any, ids: dict[str, str], path: str) -> None:
+    url = f"/v3/pods/{ids['pod']}/upload_to_pod" if path == "upload_to_pod" else f"/v3/pods/jupyter/{ids['pod']}/upload"
+    headers = {"Content-Type": "multipart/form-data; boundary=xx"}
+    for body in (b"garbage\r\n" * 3, b"--xx\r\nContent-Disposition form-data\r\n\r\nx\r\n--xx--\r\n", b""):
+        r = module_pod_server.http.post(url, content=body, headers=headers)
+        assert r.status_code == 400, r.text
+        assert r.json()["status"] == "error"
+
+
 def test_create_image_and_pod_from_it(module_pod_server: Any, ids: dict[str, str]) -> None:
     srv = module_pod_server.srv
     admin = original_client(srv, "admin")  # image writes are site-admin only here
