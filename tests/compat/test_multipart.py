@@ -2,7 +2,10 @@
 envelope, nothing written, the server fine afterwards — and the request shapes real clients send work: the
 original suite's ``files={"file": open(...)}`` (tapis-project/pods_service ``tests/test_volumes.py`` @
 6d1ddaecb1dd10fa8989693795adf82684fc9897) and tapipy's ``upload_to_volume(volume_id=..., path=..., file=...)``
-(the commented-out variant in that same test, and the user guide). Real server, SQLite and PostgreSQL.
+(the commented-out variant in that same test, and the user guide), and TapisUI's through tapis-typescript
+(``gen/pods/src/apis/VolumesApi.ts`` @ 0121c6b8a3491e106e223b366888dca962e04487 of tapis-project/tapis-typescript:
+FormData with one ``file`` part, the path ``encodeURIComponent``-ed into the URL). Real server, SQLite and
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -81,6 +84,15 @@ def test_original_suite_and_tapipy_upload_shapes(srv: Any, volume: str, tmp_path
         t.pods.upload_to_volume(volume_id=volume, path="dir/tapipy.json", file=fh)
     r = http.get(f"/v3/pods/volumes/{volume}/contents/dir/tapipy.json")
     assert r.status_code == 200 and r.content == b'{"a": 1}'
+
+
+def test_tapis_typescript_upload_shape(srv: Any, volume: str) -> None:
+    http = srv.client(USER)
+    r = http.post(f"/v3/pods/volumes/{volume}/upload/ui%2Fform%20file.txt",
+                  files={"file": ("form file.txt", b"from the browser", "text/plain")})
+    assert r.status_code == 200, r.text
+    r = http.get(f"/v3/pods/volumes/{volume}/contents/ui/form%20file.txt")
+    assert r.status_code == 200 and r.content == b"from the browser"
 
 
 def test_malformed_upload_by_a_stranger_is_refused_before_parsing(srv: Any, volume: str) -> None:
