@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.orm.exc import StaleDataError
 
+from openpods.store.db import retry_on_stale_data
 from openpods.store.tables import Permission, Volume
 
 IMAGE = "localhost/openpods-test/http:latest"
@@ -152,3 +154,52 @@ def test_pod_updates_racing_each_other_and_a_delete(srv: Any, new_id: Callable[[
         seen += race(calls)
     assert set(seen) <= {200, 404, 409}, seen
     assert seen[200] > ROUNDS  # the races are real: most writers got through
+
+
+def test_retry_helper_runs_again_then_gives_up() -> None:
+    calls: list[int] = []
+
+    @retry_on_stale_data
+    def flaky(n: int) -> str:
+        calls.append(n)
+        if len(calls) < 3:
+            raise StaleDataError("UPDATE statement on table 'x' expected to update 1 row(s); 0 were matched.")
+        return "done"
+
+    assert flaky(7) == "done" and calls == [7, 7, 7]
+
+    @retry_on_stale_data
+    def always() -> None:
+        calls.append(0)
+        raise StaleDataError("lost again")
+
+    calls.clear()
+    with pytest.raises(StaleDataError):
+        always()
+    assert len(calls) == 6  # then the API's error handler answers 409
+
+
+def test_stale_data_that_keeps_losing_is_409(make_server: Any) -> None:
+    """The last resort (every retry lost): the envelope's 409, not a 500. Provoked through a real server whose
+    store refuses every flush of a volume update with StaleDataError (a backend fault real parts cannot be made to
+    produce on demand)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    server = make_server()
+    server.add_user(USER)
+    http = server.client(USER)
+    assert http.post("/v3/pods/volumes", json={"volume_id": "alwayslosing"}).status_code == 200
+
+    def lose(session: Session, _ctx: Any, _instances: Any) -> None:
+        if any(isinstance(o, Volume) for o in session.dirty):
+            raise StaleDataError("UPDATE statement on table 'volumes' expected to update 1 row(s); 0 were matched.")
+
+    event.listen(Session, "before_flush", lose)
+    try:
+        r = http.put("/v3/pods/volumes/alwayslosing", json={"description": "never stored"})
+    finally:
+        event.remove(Session, "before_flush", lose)
+    assert r.status_code == 409, r.text
+    assert r.json()["status"] == "error"
+    assert server.rows(Volume, tenant_id="default", volume_id="alwayslosing")[0]["description"] == ""

@@ -155,6 +155,22 @@ def test_upload_to_jupyter_with_tapipy(module_pod_server: Any, ids: dict[str, st
     assert out["stdout"] == "{}"
 
 
+def test_upload_by_a_stranger_is_refused(module_pod_server: Any, ids: dict[str, str], tmp_path: Path) -> None:
+    srv = module_pod_server.srv
+    srv.add_user("podstranger")
+    t = srv.tapis("podstranger")
+    src = tmp_path / "evil.txt"
+    src.write_text("evil")
+    for call, kwargs in ((t.pods.upload_to_pod, {"dest_path": "/tmp/evil.txt"}),
+                         (t.pods.upload_to_jupyter, {"path": "evil.txt"})):
+        with open(src, "rb") as fh, pytest.raises(Exception) as info:
+            call(pod_id=ids["pod"], file=fh, **kwargs)
+        assert getattr(info.value, "response", None) is not None
+        assert info.value.response.status_code in (403, 404)
+    out = module_pod_server.exec_ok(ids["pod"], ["sh", "-c", "ls /tmp/evil.txt /home/jovyan/evil.txt 2>&1; true"])
+    assert "No such file" in out["stdout"] and out["stdout"].count("No such file") == 2
+
+
 def test_upload_form_text_part_limits(module_pod_server: Any, ids: dict[str, str]) -> None:
     http = module_pod_server.http
     # dest_path as a file part that is too long or not UTF-8: 400, not a crash.
