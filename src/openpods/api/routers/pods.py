@@ -347,6 +347,7 @@ def save_pod_as_template_tag(ctx: Ctx, caller: Caller, pod_id_net: str, body: Ne
     return retry_on_integrity_error(lambda: _save_pod_as_template_tag(ctx, caller, pod_id_net, body))
 
 
+@_retrying
 def _save_pod_as_template_tag(ctx: AppContext, caller: Identity, pod_id_net: str,
                               body: NewTemplateTagFromPod) -> JSONResponse:
     from openpods.api.routers.templates import load_template
