@@ -89,15 +89,15 @@ CREATE_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-in-resources", {"resources": {"cpus": 1}}, "cpus"),
     ("unknown-in-volume-mount", {"volume_mounts": {"vol": {"type": "pvc", "volume_id": "x"}}}, "volume_id"),
     # wrong types
-    ("port-as-string", {"networking": stanza(port="8000")}, "port"),
+    ("port-as-text", {"networking": stanza(port="8000/tcp")}, "port"),  # "8000" is read as 8000 (tests/compat)
     ("env-value-int", {"environment_variables": {"A": 1}}, "environment_variables"),
     ("env-not-dict", {"environment_variables": ["A=1"]}, "environment_variables"),
     ("command-not-list", {"command": "sleep 100"}, "command"),
     ("command-items-int", {"command": ["sleep", 100]}, "command"),
     ("arguments-not-list", {"arguments": "-v"}, "arguments"),
     ("description-int", {"description": 5}, "description"),
-    ("tts-default-string", {"time_to_stop_default": "300"}, "time_to_stop_default"),
-    ("resources-string", {"resources": {"cpu_limit": "1000"}}, "cpu_limit"),
+    ("tts-default-text", {"time_to_stop_default": "5 minutes"}, "time_to_stop_default"),
+    ("resources-text", {"resources": {"cpu_limit": "1000m"}}, "cpu_limit"),
     ("networking-list", {"networking": [{"port": 80}]}, "networking"),
     ("tapis_auth-string", {"networking": stanza(tapis_auth="yes")}, "tapis_auth"),
     # image
@@ -332,7 +332,7 @@ UPDATE_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("tts-instance-minus-5", {"time_to_stop_instance": -5}, "time_to_stop_instance"),
     ("port-9", {"networking": stanza(port=9)}, "port"),
     ("port-70000", {"networking": stanza(port=70000)}, "port"),
-    ("port-string", {"networking": stanza(port="80")}, "port"),
+    ("port-text", {"networking": stanza(port="eighty")}, "port"),
     ("protocol-udp", {"networking": stanza(protocol="udp")}, "protocol"),
     ("tapis_auth-on-tcp", {"networking": stanza(protocol="tcp", tapis_auth=True)}, "tapis_auth"),
     ("ip-allow-star", {"networking": stanza(ip_allow_list=["*"])}, "ip_allow_list"),

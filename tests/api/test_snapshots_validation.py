@@ -123,7 +123,7 @@ def test_source_path_must_be_absolute(srv: Any, c: httpx.Client, new_id: Callabl
     refused(srv, create(c, snapshot_id, source_volume_path=path), snapshot_id, before, "source_volume_path")
 
 
-BAD_SIZE_LIMITS = {"zero": 0, "negative": -1, "too-big": 1024 * 1024 + 1, "string": "10", "float": 2.5}
+BAD_SIZE_LIMITS = {"zero": 0, "negative": -1, "too-big": 1024 * 1024 + 1, "text": "ten", "float": 2.5}
 
 
 @pytest.mark.parametrize("size_limit", list(BAD_SIZE_LIMITS.values()), ids=list(BAD_SIZE_LIMITS))

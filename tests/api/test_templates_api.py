@@ -814,16 +814,24 @@ def test_loops_are_refused_at_tag_creation(env: Env, new_id: Callable[[str], str
         json={"pod_definition": {"template": ids[-1]}, "commit_message": "close the loop"},
     )
     assert_error(r, 400, "loop", ids[0])
+    assert env.server.rows(TemplateTag, tenant_id="default") == before
+    # Loops are keyed on name:tag@timestamp (as the original service does): another tag of ids[0] may chain
+    # through the others back to ids[0]:latest, which is an existing version, not the one being added.
     r = env.owner.post(
         f"/v3/pods/templates/{ids[0]}/tags",
         json={
             "pod_definition": {"template": f"{ids[-1]}:latest"},
             "tag": "other",
-            "commit_message": "close the loop",
+            "commit_message": "no loop: reaches ids[0]:latest, not ids[0]:other",
         },
     )
+    assert r.status_code == 200, r.text
+    # ... but a new version of ids[0]:other that leads back to ids[0]:other unpinned is a loop.
+    r = env.owner.post(
+        f"/v3/pods/templates/{ids[0]}/tags",
+        json={"pod_definition": {"template": f"{ids[0]}:other"}, "tag": "other", "commit_message": "loop"},
+    )
     assert_error(r, 400, "loop")
-    assert env.server.rows(TemplateTag, tenant_id="default") == before
 
 
 def test_chain_deeper_than_the_limit_is_refused(env: Env, new_id: Callable[[str], str]) -> None:

@@ -407,12 +407,42 @@ def test_loop_detection() -> None:
     assert isinstance(info.value, ValueError)
 
 
-def test_loop_same_template_other_tag() -> None:
+def test_tag_chaining_to_another_tag_of_its_template_is_no_loop() -> None:
+    # The original service keys loops on name:tag@timestamp (its test suite chains X:recursive -> X:fastapi).
     s = Store()
-    s.add("aaa", "v1", {"image": "x:1"}, T0)
-    s.add("aaa", "v2", {"template": "aaa:v1"}, T0)  # no cycle of tags, but the template repeats
+    s.add("aaa", "v1", {"image": "x:1", "command": ["one"]}, T0)
+    s.add("aaa", "v2", {"template": "aaa:v1", "command": ["two"]}, T0)
+    chain = resolve(s, "aaa:v2")
+    assert [(r.template_id, r.tag) for r in chain] == [("aaa", "v2"), ("aaa", "v1")]
+    # ... and to an older version of its own tag, pinned by timestamp.
+    s.add("aaa", "v1", {"template": f"aaa:v1@{chain[1].tag_timestamp.split('@')[1]}"}, T0 + timedelta(seconds=1))
+    assert [r.tag for r in resolve(s, "aaa:v1")] == ["v1", "v1"]
+
+
+def test_loop_same_tag_version_twice() -> None:
+    s = Store()
+    s.add("aaa", "v1", {"template": "aaa:v2"}, T0)
+    s.add("aaa", "v2", {"template": "aaa:v1"}, T0)  # v1 -> v2 -> v1 (the same version again)
     with pytest.raises(TemplateLoop, match="'aaa' appears twice"):
-        resolve(s, "aaa:v2")
+        resolve(s, "aaa:v1")
+    s.add("bbb", "latest", {"template": "bbb"}, T0)  # unpinned self-reference
+    with pytest.raises(TemplateLoop):
+        resolve(s, "bbb")
+
+
+def test_outer_tag_refuses_only_an_unpinned_way_back_to_it() -> None:
+    s = Store()
+    s.add("xxx", "fastapi", {"image": "x:1"}, T0)
+    s.add("xxx", "other", {"template": "xxx:recursive"}, T0)
+    s.add("xxx", "recursive", {"image": "x:0"}, T0)
+    # A new version of xxx:recursive chaining to xxx:fastapi: fine (the original's test suite does this).
+    assert len(resolve(s, "xxx:fastapi", outer=["xxx:recursive"])) == 1
+    # Chaining to xxx:other, which follows xxx:recursive unpinned, would reach the new version itself.
+    with pytest.raises(TemplateLoop, match=r"xxx:recursive -> xxx:other@.* -> xxx:recursive"):
+        resolve(s, "xxx:other", outer=["xxx:recursive"])
+    # Pinned to the existing version of xxx:recursive: no loop.
+    pinned = resolve(s, "xxx:recursive")[0].tag_timestamp
+    assert len(resolve(s, f"xxx:{pinned}", outer=["xxx:recursive"])) == 1
 
 
 def test_loop_with_outer_templates() -> None:

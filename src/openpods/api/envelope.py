@@ -17,6 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -173,6 +174,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             message = "Method not allowed for this endpoint."
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StaleDataError)
+    async def _stale(_: Request, exc: StaleDataError) -> JSONResponse:
+        # A concurrent writer changed or removed the row a write read (the write paths retry first): the
+        # client's request was fine, the object moved under it.
+        log.info("concurrent change, answered 409: %s", exc)
+        return error_response(409, "The object was changed or deleted concurrently; please retry.")
 
     @app.exception_handler(DataError)
     async def _data_error(_: Request, exc: DataError) -> JSONResponse:

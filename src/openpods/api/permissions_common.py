@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
@@ -14,7 +16,7 @@ from openpods.auth.tokens import Identity
 from openpods.domain.models import SetPermission
 from openpods.domain.permissions import WILDCARD_USER, Level, render, would_leave_no_admin
 from openpods.store import repo
-from openpods.store.db import transaction
+from openpods.store.db import retry_on_stale_data, transaction
 
 Exists = Callable[[Session], bool]
 
@@ -27,6 +29,9 @@ def get_permissions(ctx: AppContext, caller: Identity, object_type: str, object_
     return ok({"permissions": render(grants)})
 
 
+# Two grants to one user at once: the loser of the insert race (IntegrityError), or of a concurrent change or
+# removal of the row (StaleDataError), runs again on a fresh read.
+@functools.partial(retry_on_stale_data, also=(IntegrityError,))
 def set_permission(ctx: AppContext, caller: Identity, object_type: str, object_id: str, exists: Exists,
                    body: SetPermission, *, allow_wildcard: bool = False) -> JSONResponse:
     if body.user == WILDCARD_USER and (not allow_wildcard or body.level != "READ"):
@@ -47,6 +52,7 @@ def set_permission(ctx: AppContext, caller: Identity, object_type: str, object_i
     return ok({"permissions": render(grants)}, f"Added permission {body.user}:{body.level}.")
 
 
+@retry_on_stale_data
 def delete_permission(ctx: AppContext, caller: Identity, object_type: str, object_id: str, exists: Exists,
                       user: str, *, allow_wildcard: bool = False) -> JSONResponse:
     with transaction(ctx.sessions) as s:

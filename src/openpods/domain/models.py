@@ -10,7 +10,8 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 ID_RE = re.compile(r"^[a-z][a-z0-9]+$")
 RESERVED_POD_IDS = frozenset(
@@ -28,6 +29,18 @@ MOUNT_TYPES = ("tapisvolume", "tapissnapshot", "pvc")
 LEVELS = ("READ", "USER", "ADMIN")
 STATUS_REQUESTED = ("ON", "OFF", "RESTART")
 MAX_TIME_TO_STOP_SEC = 10 * 365 * 24 * 3600
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+#: A number field as the original service reads it (pydantic's lax mode): ``5000`` and ``"5000"`` (what TapisUI's
+#: text fields send) are both 5000; ``"abc"``, ``""``, ``"1.5"``, ``"1e999"`` and booleans stay errors. Only number
+#: fields are lax; every other field keeps the strict types of :class:`Strict`.
+LaxInt = Annotated[int, BeforeValidator(_no_bool), Field(strict=False)]
 
 
 class Strict(BaseModel):
@@ -67,7 +80,7 @@ def _no_control(value: str, what: str) -> str:
 
 class Networking(Strict):
     protocol: str = "http"
-    port: int = 5000
+    port: LaxInt = 5000
     url: str = ""
     ip_allow_list: list[str] = Field(default_factory=list)
     tapis_auth: bool = False
@@ -78,7 +91,7 @@ class Networking(Strict):
     cors_allow_methods: list[str] = Field(default_factory=list)
     cors_allow_headers: list[str] = Field(default_factory=list)
     cors_allow_credentials: bool = False
-    cors_max_age: int = 100
+    cors_max_age: LaxInt = 100
     tapis_ui_uri: str = ""
     tapis_ui_uri_redirect: bool = False
     tapis_ui_uri_description: str = ""
@@ -198,21 +211,21 @@ def check_networking(value: dict[str, Any], max_stanzas: int = 16) -> dict[str, 
 
 
 class Resources(Strict):
-    cpu_request: int = 250
-    cpu_limit: int = 2000
-    mem_request: int = 256
-    mem_limit: int = 3072
-    gpus: int = 0
+    cpu_request: LaxInt = 250
+    cpu_limit: LaxInt = 2000
+    mem_request: LaxInt = 256
+    mem_limit: LaxInt = 3072
+    gpus: LaxInt = 0
 
 
 class PartialResources(Strict):
     """Template-tag resources: unset fields do not override anything."""
 
-    cpu_request: int | None = None
-    cpu_limit: int | None = None
-    mem_request: int | None = None
-    mem_limit: int | None = None
-    gpus: int | None = None
+    cpu_request: LaxInt | None = None
+    cpu_limit: LaxInt | None = None
+    mem_request: LaxInt | None = None
+    mem_limit: LaxInt | None = None
+    gpus: LaxInt | None = None
 
 
 # ---------------------------------------------------------------------------------------------- volume mounts
@@ -297,8 +310,8 @@ class _PodFields(Strict):
     environment_variables: dict[str, str] = Field(default_factory=dict)
     status_requested: str = "ON"
     volume_mounts: dict[str, VolumeMount] = Field(default_factory=dict)
-    time_to_stop_default: int = 43200
-    time_to_stop_instance: int | None = None
+    time_to_stop_default: LaxInt = 43200
+    time_to_stop_instance: LaxInt | None = None
     networking: dict[str, Networking] = Field(
         default_factory=lambda: {"default": Networking(protocol="http", port=5000)}
     )
@@ -396,8 +409,8 @@ class UpdatePod(_PodFields):
 
 class ExecutePodCommands(Strict):
     commands: list[str | list[str]]
-    total_timeout: int = Field(300, ge=1, le=24 * 3600)
-    command_timeout: int = Field(60, ge=1, le=24 * 3600)
+    total_timeout: LaxInt = Field(300, ge=1, le=24 * 3600)
+    command_timeout: LaxInt = Field(60, ge=1, le=24 * 3600)
     fail_on_non_success: bool = True
 
     @field_validator("commands")
@@ -492,7 +505,7 @@ class SetPermission(Strict):
 class NewVolume(Strict):
     volume_id: str
     description: str = ""
-    size_limit: int = Field(1024, ge=1, le=1024 * 1024, description="MB")
+    size_limit: LaxInt = Field(1024, ge=1, le=1024 * 1024, description="MB")
 
     @field_validator("volume_id")
     @classmethod
@@ -507,7 +520,7 @@ class NewVolume(Strict):
 
 class UpdateVolume(Strict):
     description: str = ""
-    size_limit: int = Field(1024, ge=1, le=1024 * 1024)
+    size_limit: LaxInt = Field(1024, ge=1, le=1024 * 1024)
 
     @field_validator("description")
     @classmethod
@@ -521,7 +534,7 @@ class NewSnapshot(Strict):
     source_volume_path: str
     destination_path: str = ""
     description: str = ""
-    size_limit: int = Field(1024, ge=1, le=1024 * 1024)
+    size_limit: LaxInt = Field(1024, ge=1, le=1024 * 1024)
     cron: str = ""
     retention_policy: str = ""
 
@@ -550,7 +563,7 @@ class NewSnapshot(Strict):
 
 class UpdateSnapshot(Strict):
     description: str = ""
-    size_limit: int = Field(1024, ge=1, le=1024 * 1024)
+    size_limit: LaxInt = Field(1024, ge=1, le=1024 * 1024)
     cron: str = ""
     retention_policy: str = ""
 
@@ -633,8 +646,8 @@ class TemplateTagPodDefinition(Strict):
     arguments: list[str] | None = None
     environment_variables: dict[str, str] = Field(default_factory=dict)
     volume_mounts: dict[str, VolumeMount] = Field(default_factory=dict)
-    time_to_stop_default: int | None = None
-    time_to_stop_instance: int | None = None
+    time_to_stop_default: LaxInt | None = None
+    time_to_stop_instance: LaxInt | None = None
     networking: dict[str, TemplateNetworking] = Field(default_factory=dict)
     resources: PartialResources = Field(default_factory=PartialResources)
     compute_queue: str = "default"

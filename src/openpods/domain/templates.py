@@ -431,15 +431,21 @@ def resolve_chain(
     ``pod_definition["template"]`` (when non-empty) is the next reference; references inside stored
     definitions are resolved as written (an unpinned one follows the newest version at resolution time).
 
-    ``outer`` names template ids that already sit above ``ref`` — e.g. the template a new tag is being added
-    to, or that ``save_pod_as_template_tag`` writes into — so that a chain leading back to them is refused
-    before it is stored. They count towards the depth.
+    A loop is keyed on the full ``name:tag@timestamp`` of each level, as the original service does: a tag may
+    chain to another tag (or an older version of the same tag) of its own template, e.g. ``X:recursive`` →
+    ``X:fastapi``; only reaching the same version twice is a loop.
+
+    ``outer`` names the references (``template_id[:tag]``, a missing tag meaning ``latest``) of tag versions
+    that sit above ``ref`` but are not stored yet — the tag a new version is being added to, or that
+    ``save_pod_as_template_tag`` writes — so that a chain leading back to them is refused before it is stored:
+    a level referring to that template and tag *without* a timestamp would resolve to the new version. They
+    count towards the depth.
 
     Raises:
         TemplateNotFound: a level does not exist; the message names the template and tag (and, when
             ``template_exists`` is given, says whether the template itself is missing) and which tag referred
             to it.
-        TemplateLoop: a template id appears twice (in ``outer`` + the chain); the message shows the chain.
+        TemplateLoop: the same tag version appears twice (``outer`` included); the message shows the chain.
         TemplateChainTooDeep: more than ``max_depth`` levels (``outer`` included).
         TemplateRefError: a stored definition holds a malformed reference.
         RuntimeError: ``lookup`` returned a record of another template or tag (a bug in the store).
@@ -448,16 +454,12 @@ def resolve_chain(
         ref = parse_template_ref(ref)
     chain: list[TagRecord] = []
     path: list[str] = list(outer)
-    seen: set[str] = set(path)
+    pending = {(r.template_id, r.effective_tag) for r in map(parse_template_ref, path)}
+    seen: set[str] = set()  # pinned name:tag@timestamp of every level resolved so far
     current: TemplateRef | None = ref
     while current is not None:
-        if current.template_id in seen:
-            shown = [*path, str(current)]
-            raise TemplateLoop(
-                f"template loop: template {current.template_id!r} appears twice in the chain "
-                f"{' -> '.join(shown)}.",
-                shown,
-            )
+        if current.timestamp is None and (current.template_id, current.effective_tag) in pending:
+            raise _loop(path, current)
         if len(path) >= max_depth:
             shown = [*path, str(current)]
             raise TemplateChainTooDeep(
@@ -468,8 +470,10 @@ def resolve_chain(
         if record is None:
             raise TemplateNotFound(_not_found_message(current, template_exists, referrer), current)
         _check_record(current, record)
+        if pin(record) in seen:
+            raise _loop(path, current)
         chain.append(record)
-        seen.add(current.template_id)
+        seen.add(pin(record))
         path.append(pin(record))
         parent = record.pod_definition.get("template") if record.pod_definition else None
         if parent is None or parent == "":
@@ -479,6 +483,13 @@ def resolve_chain(
         except TemplateRefError as e:
             raise TemplateRefError(f"template tag {pin(record)} refers to an invalid template: {e}") from None
     return chain
+
+
+def _loop(path: list[str], current: TemplateRef) -> TemplateLoop:
+    shown = [*path, str(current)]
+    return TemplateLoop(
+        f"template loop: template {current.template_id!r} appears twice in the chain {' -> '.join(shown)}.", shown
+    )
 
 
 def _not_found_message(

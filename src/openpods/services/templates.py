@@ -129,7 +129,9 @@ def create_tag(s: Session, tenant_id: str, template_id: str, tag: str, definitio
     """Adds an immutable version of ``tag``. A definition that chains to another template must resolve now
     and must not lead back to this template."""
     if definition.get("template"):
-        resolve(s, tenant_id, definition["template"], outer=(template_id,))
+        # Keyed on name:tag@timestamp: chaining to another tag of this template is fine, chaining (unpinned) to
+        # the tag this version is added to would resolve to itself.
+        resolve(s, tenant_id, definition["template"], outer=(f"{template_id}:{tag}",))
     # Taggers of one template take turns (PostgreSQL row lock); SQLite writers are serialised anyway, and a
     # lost race on the computed key is retried by the caller.
     s.get(Template, (tenant_id, template_id), with_for_update=True)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -77,6 +79,29 @@ def retry_on_integrity_error(fn: Callable[[], T], attempts: int = 20) -> T:
                 raise
             time.sleep(random.uniform(0.001, 0.02))
     raise AssertionError("unreachable")
+
+
+def retry_on_stale_data(fn: Callable[..., T], attempts: int = 6,
+                        also: tuple[type[Exception], ...] = ()) -> Callable[..., T]:
+    """Decorator for a read-modify-write that opens its own transaction(s): when a concurrent writer changed
+    (versioned pods) or removed the row it read, the UPDATE/DELETE matches no row and SQLAlchemy raises
+    StaleDataError; the whole function runs again on a fresh read (which then sees the new state, or that the
+    object is gone). ``also`` names further exceptions to retry (e.g. IntegrityError for an upsert that lost an
+    insert race). The last attempt's error propagates (the API answers StaleDataError with 409)."""
+    retried = (StaleDataError, *also)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(attempts):
+            try:
+                return fn(*args, **kwargs)
+            except retried:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(random.uniform(0.001, 0.02) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 @contextlib.contextmanager

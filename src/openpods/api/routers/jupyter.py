@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, Conflict, NotFound, ok
-from openpods.api.routers.pod_runtime import _log, _runtime, copy_into_container
+from openpods.api.routers.pod_runtime import _log, _runtime, copy_into_container, form_text
 from openpods.api.routers.pods import create_pod, load_pod
 from openpods.domain import templates as tpl
 from openpods.domain.container_spec import container_name
@@ -111,9 +111,9 @@ async def upload_to_jupyter(ctx: Ctx, caller: Caller, pod_id: str, request: Requ
 
     await asyncio.to_thread(check)
     runtime = _runtime(ctx)
-    form = await request.form(max_files=1, max_fields=5)
+    form = await request.form(max_files=2, max_fields=5)  # tapipy sends `path` as a file part too
     try:
-        upload, path = form.get("file"), form.get("path")
+        upload, path = form.get("file"), await form_text(form, "path")
         if not isinstance(upload, UploadFile):
             raise BadRequest(["file: a file part named 'file' is required."])
         rel = (path if isinstance(path, str) and path else upload.filename or "").strip("/")

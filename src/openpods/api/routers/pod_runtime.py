@@ -136,15 +136,34 @@ async def copy_into_container(ctx: AppContext, runtime: Any, name: str, upload: 
             os.unlink(tmp)
 
 
+MAX_FORM_TEXT = 4096
+
+
+async def form_text(form: Any, name: str) -> str | None:
+    """A text part of a multipart form, sent either as a plain field or as a file part: tapipy (through
+    requests' ``files=``) sends every form parameter of an upload, e.g. ``dest_path``, as a file part."""
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        raw = await value.read(MAX_FORM_TEXT + 1)
+        if len(raw) > MAX_FORM_TEXT:
+            raise BadRequest([f"{name}: must be at most {MAX_FORM_TEXT} bytes."])
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest([f"{name}: must be UTF-8 text."]) from None
+    return value
+
+
 @router.post("/{pod_id}/upload_to_pod", operation_id="upload_to_pod", summary="upload_to_pod")
 async def upload_to_pod(ctx: Ctx, caller: Caller, pod_id: str, request: Request) -> JSONResponse:
     await asyncio.to_thread(_running_pod, ctx, caller, pod_id)
     runtime = _runtime(ctx)
-    # The multipart parser spools file parts to disk (never the whole file in memory).
-    form = await request.form(max_files=1, max_fields=5)
+    # The multipart parser spools file parts to disk (never the whole file in memory). Two file parts: the
+    # file and, from tapipy, dest_path.
+    form = await request.form(max_files=2, max_fields=5)
     try:
         upload = form.get("file")
-        dest_path = form.get("dest_path")
+        dest_path = await form_text(form, "dest_path")
         if not isinstance(upload, UploadFile):
             raise BadRequest(["file: a file part named 'file' is required."])
         if not isinstance(dest_path, str) or not dest_path:

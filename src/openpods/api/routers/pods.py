@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from typing import Any
 
@@ -36,7 +35,7 @@ from openpods.services import templates as tpl_svc
 from openpods.services.images import check_image_allowed
 from openpods.services.mounts import check_mount_access
 from openpods.store import repo
-from openpods.store.db import retry_on_integrity_error, transaction
+from openpods.store.db import retry_on_integrity_error, retry_on_stale_data, transaction
 from openpods.store.tables import Pod, PodLog, PodSecret
 
 router = APIRouter(prefix="/v3/pods", tags=["pods"])
@@ -88,19 +87,9 @@ def check_effective(ctx: AppContext, s: Session, caller: Identity, pod: Pod) -> 
 
 
 def _retrying(fn):
-    """Controllers update pods concurrently (optimistic locking on ``revision``): retry a lost race."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for attempt in range(5):
-            try:
-                return fn(*args, **kwargs)
-            except StaleDataError:
-                if attempt == 4:
-                    raise Conflict("The pod changed concurrently; please retry.") from None
-        return None
-
-    return wrapper
+    """Controllers update pods concurrently (optimistic locking on ``revision``): run a lost race again on a
+    fresh read; after the last attempt the error handler answers 409."""
+    return retry_on_stale_data(fn)
 
 
 @router.get("", operation_id="list_pods", summary="list_pods")
@@ -211,6 +200,7 @@ def update_pod(ctx: Ctx, caller: Caller, pod_id: str, body: UpdatePod) -> JSONRe
 
 
 @router.delete("/{pod_id}", operation_id="delete_pod", summary="delete_pod")
+@_retrying
 def delete_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         pod = load_pod(s, caller, pod_id, Level.ADMIN)
@@ -253,7 +243,10 @@ def _refresh_logs(ctx: AppContext, tenant_id: str, pod_id: str, instance: str) -
         text = ctx.run_async(ctx.runtime.logs(container_name(tenant_id, pod_id), ctx.settings.logs_max_bytes), 30)
     except Exception:  # the stored logs are still a good answer
         return
-    store_logs(ctx, tenant_id, pod_id, instance, text)
+    try:
+        store_logs(ctx, tenant_id, pod_id, instance, text)
+    except (StaleDataError, IntegrityError):  # the health loop or a delete wrote the row meanwhile
+        return
 
 
 @router.get("/{pod_id}/logs", operation_id="get_pod_logs", summary="get_pod_logs")
@@ -364,6 +357,7 @@ def save_pod_as_template_tag(ctx: Ctx, caller: Caller, pod_id_net: str, body: Ne
     return retry_on_integrity_error(lambda: _save_pod_as_template_tag(ctx, caller, pod_id_net, body))
 
 
+@_retrying
 def _save_pod_as_template_tag(ctx: AppContext, caller: Identity, pod_id_net: str,
                               body: NewTemplateTagFromPod) -> JSONResponse:
     from openpods.api.routers.templates import load_template

@@ -23,7 +23,7 @@ from openpods.domain.permissions import Level, effective_level
 from openpods.domain.snapshot_policy import validate_cron, validate_retention_policy
 from openpods.services.snapshots import take_snapshot
 from openpods.store import repo
-from openpods.store.db import transaction
+from openpods.store.db import retry_on_stale_data, transaction
 from openpods.store.tables import Snapshot, Volume
 
 router = APIRouter(prefix="/v3/pods/snapshots", tags=["snapshots"])
@@ -140,6 +140,7 @@ def get_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str) -> JSONResponse:
 
 
 @router.put("/{snapshot_id}", operation_id="update_snapshot", summary="update_snapshot")
+@retry_on_stale_data
 def update_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str, body: UpdateSnapshot) -> JSONResponse:
     sent = body.model_dump(include=body.model_fields_set)
     if "cron" in sent or "retention_policy" in sent:
@@ -159,6 +160,7 @@ def update_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str, body: UpdateSnap
 
 
 @router.delete("/{snapshot_id}", operation_id="delete_snapshot", summary="delete_snapshot")
+@retry_on_stale_data
 def delete_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str, force: bool = False) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = load_snapshot(s, caller, snapshot_id, Level.ADMIN)

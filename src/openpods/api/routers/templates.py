@@ -20,7 +20,7 @@ from openpods.domain.models import NewTemplate, NewTemplateTag, SetPermission, U
 from openpods.domain.permissions import WILDCARD_USER, Level
 from openpods.services import templates as svc
 from openpods.store import repo
-from openpods.store.db import retry_on_integrity_error, transaction
+from openpods.store.db import retry_on_integrity_error, retry_on_stale_data, transaction
 from openpods.store.tables import Pod, Template, TemplateTag
 
 router = APIRouter(prefix="/v3/pods/templates", tags=["templates"])
@@ -93,6 +93,7 @@ def get_template(ctx: Ctx, caller: Caller, template_id: str) -> JSONResponse:
 
 
 @router.put("/{template_id}", operation_id="update_template", summary="update_template")
+@retry_on_stale_data
 def update_template(ctx: Ctx, caller: Caller, template_id: str, body: UpdateTemplate) -> JSONResponse:
     sent = body.model_dump(include=body.model_fields_set)
     with transaction(ctx.sessions) as s:
@@ -107,6 +108,7 @@ def update_template(ctx: Ctx, caller: Caller, template_id: str, body: UpdateTemp
 
 
 @router.delete("/{template_id}", operation_id="delete_template", summary="delete_template")
+@retry_on_stale_data
 def delete_template(ctx: Ctx, caller: Caller, template_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = load_template(s, caller, template_id, Level.ADMIN)
@@ -138,6 +140,7 @@ def add_template_tag(ctx: Ctx, caller: Caller, template_id: str, body: NewTempla
     return retry_on_integrity_error(lambda: _add_template_tag(ctx, caller, template_id, body))
 
 
+@retry_on_stale_data
 def _add_template_tag(ctx: AppContext, caller: Identity, template_id: str, body: NewTemplateTag) -> JSONResponse:
     definition = body.pod_definition.as_definition()
     with transaction(ctx.sessions) as s:

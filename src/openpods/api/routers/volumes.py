@@ -22,7 +22,7 @@ from openpods.domain.models import NewVolume, SetPermission, UpdateVolume
 from openpods.domain.permissions import Level
 from openpods.services.mounts import effective_mounts
 from openpods.store import repo
-from openpods.store.db import transaction
+from openpods.store.db import retry_on_stale_data, transaction
 from openpods.store.tables import Pod, Snapshot, Volume
 
 router = APIRouter(prefix="/v3/pods/volumes", tags=["volumes"])
@@ -65,6 +65,7 @@ def mounting_pods(ctx: Any, s: Session, tenant_id: str, kind: str, object_id: st
 
 
 @router.get("", operation_id="list_volumes", summary="list_volumes")
+@retry_on_stale_data
 def list_volumes(ctx: Ctx, caller: Caller) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         query = select(Volume).where(Volume.tenant_id == caller.tenant_id).order_by(Volume.volume_id)
@@ -106,6 +107,7 @@ def _create_volume(ctx: Any, caller: Identity, body: NewVolume) -> JSONResponse:
 
 
 @router.get("/{volume_id}", operation_id="get_volume", summary="get_volume")
+@retry_on_stale_data
 def get_volume(ctx: Ctx, caller: Caller, volume_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = load_volume(s, caller, volume_id, Level.READ)
@@ -114,6 +116,7 @@ def get_volume(ctx: Ctx, caller: Caller, volume_id: str) -> JSONResponse:
 
 
 @router.put("/{volume_id}", operation_id="update_volume", summary="update_volume")
+@retry_on_stale_data
 def update_volume(ctx: Ctx, caller: Caller, volume_id: str, body: UpdateVolume) -> JSONResponse:
     sent = body.model_dump(include=body.model_fields_set)
     with transaction(ctx.sessions) as s:
@@ -129,6 +132,7 @@ def update_volume(ctx: Ctx, caller: Caller, volume_id: str, body: UpdateVolume) 
 
 
 @router.delete("/{volume_id}", operation_id="delete_volume", summary="delete_volume")
+@retry_on_stale_data
 def delete_volume(ctx: Ctx, caller: Caller, volume_id: str, force: bool = False) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = load_volume(s, caller, volume_id, Level.ADMIN)
