@@ -78,6 +78,18 @@ class Settings(BaseSettings):
         "empty means a generated one, printed once.",
     )
     token_ttl_sec: int = Field(4 * 3600, ge=60, description="Lifetime of issued access tokens, seconds.")
+    max_request_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (JSON, forms) in bytes; larger ones get 413 before they are read "
+        "whole.",
+    )
+    max_upload_bytes: int = Field(
+        0,
+        ge=0,
+        description="Largest body of a file upload (volume, pod, Jupyter) in bytes; 0 means no cap beyond the "
+        "volume's size_limit (uploads stream to disk).",
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
     )
