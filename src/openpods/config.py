@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         default_factory=lambda: ["nofile=20000:20000", "nproc=32768:32768"],
         description="Container ulimits name=soft:hard.",
     )
+    storage_housekeeping_interval_sec: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds between passes that remove what interrupted uploads left in volumes (also done on "
+        "start).",
+    )
     bus: Literal["memory", "rabbitmq"] = Field("memory", description="Command bus implementation.")
     rabbitmq_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL for bus=rabbitmq."

@@ -96,11 +96,25 @@ async def start_proxy(ctx: AppContext, controllers: Controllers) -> None:
              ctx.settings.proxy_https_port)
 
 
+async def storage_housekeeping(ctx: AppContext) -> None:
+    """On start and then periodically: remove the temporary files of uploads that a killed process left."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(ctx.storage.clean_upload_leftovers)
+            if removed:
+                log.info("removed %d temporary upload files left by interrupted uploads", removed)
+        except Exception:
+            log.exception("storage housekeeping failed; retrying later")
+        await asyncio.sleep(ctx.settings.storage_housekeeping_interval_sec)
+
+
 async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controllers:
     roles = set(roles)
     controllers = Controllers()
     ctx.loop = asyncio.get_running_loop()
     setup_storage(ctx)
+    if roles & {"api", "health"}:
+        controllers.tasks.append(asyncio.create_task(storage_housekeeping(ctx), name="storage-housekeeping"))
     if roles & {"api", "spawner", "health"}:
         await setup_runtime(ctx, controllers)
     if "proxy" in roles and ctx.settings.proxy_enabled:

@@ -416,6 +416,12 @@ class StorageBackend(ABC):
         failure the snapshot directory is removed again, so nothing partial remains. ``FileExists`` if the
         snapshot directory already exists with content."""
 
+    def snapshot_copy_state(self, tenant: str, snapshot_id: str) -> str:
+        """For a snapshot whose row says CREATING: ``copying`` (a live process is copying it), ``complete``
+        (the copy is in place; only the row was not updated) or ``absent`` (no copy runs; anything partial
+        has been removed). Backends that cannot tell a running copy answer from what exists."""
+        return "complete" if self.exists("snapshot", tenant, snapshot_id) else "absent"
+
     @abstractmethod
     def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
         """Delete the snapshot's directory (read-only bits notwithstanding); returns whether it existed."""
@@ -440,6 +446,11 @@ class StorageBackend(ABC):
         Mount it with a mechanism that does not follow symlinks in the source, or accept that a container
         racing to replace a directory with a symlink between this call and the mount could redirect it;
         mounting the object's root (``sub_path=""``) has no such window."""
+
+    def clean_upload_leftovers(self, *, min_age_sec: float = 0.0) -> int:
+        """Remove what uploads of dead processes left behind; returns how many files. Backends whose uploads
+        leave nothing have nothing to do."""
+        return 0
 
     @abstractmethod
     def find_unexpected(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -57,6 +59,13 @@ __all__ = ["TEMP_PREFIX", "LocalStorage"]
 
 TEMP_PREFIX = ".openpods-upload-"
 """Name prefix of the temporary file an upload streams into (in the target's directory)."""
+_TEMP_RE = re.compile(r"^\.openpods-upload-[0-9a-f]{16}\.part$")
+
+
+def is_upload_temp(name: str) -> bool:
+    """An upload's temporary file: never listed, measured, copied or zipped; a leftover of a killed process is
+    removed by :meth:`LocalStorage.clean_upload_leftovers`. (A file a pod names so is hidden too.)"""
+    return bool(_TEMP_RE.match(name))
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -82,6 +91,11 @@ def _translated(where: str | None = None) -> Iterator[None]:
         raise AccessDenied(where) from None
 
 
+def _refuse_upload_temp(path: str) -> None:
+    if any(is_upload_temp(part) for part in path.split("/")):
+        raise PathNotFound(path)
+
+
 # ------------------------------------------------------------------------------------------- fd-based walk
 
 
@@ -96,12 +110,14 @@ class _Entry:
         return self.parts[-1]
 
 
-def _names(fd: int) -> list[str]:
+def _names(fd: int, *, hidden: bool = False) -> list[str]:
+    """The entries of a directory, upload temporaries left out unless ``hidden``."""
     with os.scandir(fd) as it:
-        return sorted((entry.name for entry in it), reverse=True)  # pop() yields ascending order
+        names = (entry.name for entry in it)
+        return sorted((n for n in names if hidden or not is_upload_temp(n)), reverse=True)  # pop(): ascending
 
 
-def _walk(top_fd: int, *, max_depth: int, strict: bool = False) -> Iterator[_Entry]:
+def _walk(top_fd: int, *, max_depth: int, strict: bool = False, hidden: bool = False) -> Iterator[_Entry]:
     """Depth-first, pre-order, names in ascending order; never follows a symlink. A directory is entered only
     if the directory opened (``O_NOFOLLOW``, relative to its parent) is the one ``lstat`` saw; entries that
     vanish are skipped, and so are directories this process may not read -- unless ``strict``, which raises
@@ -110,7 +126,7 @@ def _walk(top_fd: int, *, max_depth: int, strict: bool = False) -> Iterator[_Ent
     stack: list[tuple[int, tuple[str, ...], list[str]]] = []
     fd = os.dup(top_fd)
     try:
-        stack.append((fd, (), _names(fd)))
+        stack.append((fd, (), _names(fd, hidden=hidden)))
     except BaseException:
         os.close(fd)
         raise
@@ -142,7 +158,7 @@ def _walk(top_fd: int, *, max_depth: int, strict: bool = False) -> Iterator[_Ent
                 cst = os.fstat(cfd)
                 if (cst.st_dev, cst.st_ino) != (st.st_dev, st.st_ino):
                     raise OSError(errno.ESTALE, "directory replaced during walk")
-                listing = _names(cfd)
+                listing = _names(cfd, hidden=hidden)
             except OSError as exc:
                 os.close(cfd)
                 if strict and isinstance(exc, PermissionError):
@@ -188,6 +204,49 @@ def _open_child_file(
         os.close(fd)
         raise
     return fd, st
+
+
+def _remove_if_unlocked(parent_fd: int, name: str, expect: os.stat_result) -> bool:
+    """Unlink ``name`` if it is still the file ``expect`` and no process holds its upload lock."""
+    try:
+        fd = os.open(name, _FILE_READ_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return False
+    try:
+        if not os.path.samestat(os.fstat(fd), expect):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # an upload in progress
+        os.unlink(name, dir_fd=parent_fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: str) -> None:
+    """Make a finished copy durable before it is renamed into place (files, then their directories)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        with contextlib.suppress(OSError):
+            _fsync_dir(dirpath)
 
 
 def _chmod_nofollow(dir_fd: int | None, name: str, fmt: int, adjust: Callable[[int], int]) -> None:
@@ -301,6 +360,8 @@ class _LocalUpload(UploadSession):
                 dir_fd=self._parent_fd,
             )
             os.fchmod(self._fd, storage.file_mode)
+            # Held while the upload lives: a temporary whose lock is free belongs to a process that died.
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             st = os.fstat(self._fd)
             self.inode = (st.st_dev, st.st_ino)
             storage._register(self)
@@ -559,6 +620,7 @@ class LocalStorage(StorageBackend):
         return self._delete_object("volume", tenant, volume_id)
 
     def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
+        self._remove_abandoned_partial(self._partial_root(tenant, snapshot_id))
         return self._delete_object("snapshot", tenant, snapshot_id)
 
     def _delete_object(self, kind: Kind, tenant: str, object_id: str) -> bool:
@@ -616,6 +678,7 @@ class LocalStorage(StorageBackend):
     # --- reading
 
     def list_files(self, kind: Kind, tenant: str, object_id: str, path: str = "") -> list[FileInfo]:
+        _refuse_upload_temp(path)
         root = self._existing_root(kind, tenant, object_id)
         root_real = os.path.realpath(root)
         real = resolve_inside(root_real, path, must_exist=True)
@@ -650,6 +713,7 @@ class LocalStorage(StorageBackend):
         return FileInfo.from_stat(display_path(parts), parts[-1], st)
 
     def stat_path(self, kind: Kind, tenant: str, object_id: str, path: str) -> FileInfo:
+        _refuse_upload_temp(path)
         root_real = os.path.realpath(self._existing_root(kind, tenant, object_id))
         real = resolve_inside(root_real, path, must_exist=True)
         return self._stat_parts(root_real, relative_parts(root_real, real))
@@ -657,6 +721,7 @@ class LocalStorage(StorageBackend):
     def open_file(self, kind: Kind, tenant: str, object_id: str, path: str) -> tuple[BinaryIO, int, str]:
         root = self._existing_root(kind, tenant, object_id)
         parts = clean_parts(path)
+        _refuse_upload_temp(path)
         with _translated(display_path(parts)):
             fd, st, _ = open_regular_file(root, path)
         return os.fdopen(fd, "rb"), st.st_size, parts[-1]
@@ -789,13 +854,16 @@ class LocalStorage(StorageBackend):
                 "destination_path is required when source_volume_path is a single file: it names the copy "
                 "inside the snapshot (for example 'config.json')."
             )
-        snap_root = self.object_root("snapshot", tenant, snapshot_id)
-        os.makedirs(os.path.dirname(snap_root), mode=self.dir_mode, exist_ok=True)
-        try:
-            os.mkdir(snap_root, 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(snap_root).st_mode) or os.listdir(snap_root):
-                raise FileExists(f"The snapshot directory for {snapshot_id!r} already exists.") from None
+        final = self.object_root("snapshot", tenant, snapshot_id)
+        os.makedirs(os.path.dirname(final), mode=self.dir_mode, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.lstat(final).st_mode) or os.listdir(final):
+                raise FileExists(f"The snapshot directory for {snapshot_id!r} already exists.")
+        # The copy goes to a hidden directory, locked while it fills, and is renamed into place only when
+        # complete: a process killed mid-copy leaves no half snapshot under the snapshot's name, and the lock
+        # tells the recovery that nobody copies any more (see snapshot_copy_state).
+        snap_root = self._partial_root(tenant, snapshot_id)
+        lock_fd = self._claim_partial(snap_root, snapshot_id)
         try:
             with _translated():
                 if is_dir:
@@ -804,10 +872,67 @@ class LocalStorage(StorageBackend):
                     copied = self._copy_single(src_root, source_path, snap_root, dest_parts, size_limit_bytes)
             os.chmod(snap_root, self.dir_mode)
             self._chmod_tree(snap_root, add=0, remove=0o222, files=True)
+            if self.fsync:
+                _fsync_tree(snap_root)
+            os.rename(snap_root, final)  # atomic; replaces an empty directory of that name
+            if self.fsync:
+                _fsync_dir(os.path.dirname(final))
             return copied
         except BaseException:
             self._rmtree(snap_root)
             raise
+        finally:
+            os.close(lock_fd)
+
+    def _partial_root(self, tenant: str, snapshot_id: str) -> str:
+        """Where a snapshot's copy is made (ids never start with '.', so no snapshot has this name)."""
+        final = self.object_root("snapshot", tenant, snapshot_id)
+        return os.path.join(os.path.dirname(final), f".partial-{snapshot_id}")
+
+    def _claim_partial(self, path: str, snapshot_id: str) -> int:
+        """Create ``path`` (removing an abandoned one) and return a descriptor holding its lock."""
+        for _ in range(2):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                if not self._remove_abandoned_partial(path):
+                    raise FileExists(f"Snapshot {snapshot_id!r} is being copied by another process.") from None
+                continue
+            fd = os.open(path, _DIR_FLAGS)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FileExists(f"Snapshot {snapshot_id!r} is being copied by another process.") from None
+            return fd
+        raise FileExists(f"Snapshot {snapshot_id!r} is being copied by another process.")
+
+    def _remove_abandoned_partial(self, path: str) -> bool:
+        """Remove a partial copy whose lock is free (its process died); False while a copy holds it."""
+        try:
+            fd = os.open(path, _DIR_FLAGS)
+        except FileNotFoundError:
+            return True
+        except OSError:  # not a directory: a stray entry
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._rmtree(path)  # while holding the lock: no copy can claim it meanwhile
+            return True
+        finally:
+            os.close(fd)
+
+    def snapshot_copy_state(self, tenant: str, snapshot_id: str) -> str:
+        """``copying`` (a live process holds the copy's lock), ``complete`` (the snapshot's directory is in
+        place) or ``absent`` (nothing, or only an abandoned partial copy, which is removed)."""
+        if self.exists("snapshot", tenant, snapshot_id):
+            return "complete"
+        return "absent" if self._remove_abandoned_partial(self._partial_root(tenant, snapshot_id)) else "copying"
 
     def _copy_single(
         self, src_root: str, source_path: str, snap_root: str, dest_parts: tuple[str, ...], limit: int
@@ -954,3 +1079,34 @@ class LocalStorage(StorageBackend):
                 continue
             found.extend(os.path.join(base, name) for name in names if name not in known)
         return sorted(found)
+
+    def clean_upload_leftovers(self, *, min_age_sec: float = 0.0) -> int:
+        """Remove the temporary files of uploads whose process died (their lock is free) and that were not
+        modified for ``min_age_sec``, in every volume; returns how many. Safe while other processes upload."""
+        removed = 0
+        now = time.time()
+        try:
+            tenants = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return 0
+        for tenant in tenants:
+            base = os.path.join(self.root, tenant, _SUBDIR["volume"])
+            try:
+                volumes = sorted(os.listdir(base))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for volume_id in volumes:
+                try:
+                    top = os.open(os.path.join(base, volume_id), _DIR_FLAGS)
+                except OSError:
+                    continue
+                try:
+                    for entry in _walk(top, max_depth=self.max_depth, hidden=True):
+                        if (stat.S_ISREG(entry.st.st_mode) and is_upload_temp(entry.name)
+                                and now - entry.st.st_mtime >= min_age_sec
+                                and _remove_if_unlocked(entry.parent_fd, entry.name, entry.st)):
+                            removed += 1
+                finally:
+                    os.close(top)
+        return removed
+
