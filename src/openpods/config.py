@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         default_factory=lambda: ["nofile=20000:20000", "nproc=32768:32768"],
         description="Container ulimits name=soft:hard.",
     )
+    volume_size_enforcement: Literal["auto", "loop", "api"] = Field(
+        "auto",
+        description="How a volume's size_limit is enforced. 'loop': every new volume is its own ext4 filesystem "
+        "(a sparse image file, loop-mounted on the volume's directory), so pods get ENOSPC at the limit too "
+        "(needs root, util-linux, e2fsprogs and loop devices). 'api': plain directories, only uploads through "
+        "the API are checked. 'auto': 'loop' where possible, else 'api' (logged at start).",
+    )
     storage_housekeeping_interval_sec: float = Field(
         600.0,
         gt=0,

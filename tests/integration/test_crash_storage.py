@@ -78,6 +78,7 @@ class Serve:
             "OPENPODS_START_PODMAN_SERVICE": "false",
             "OPENPODS_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "OPENPODS_IMPORT_STARTER_CATALOG": "false",
+            "OPENPODS_VOLUME_SIZE_ENFORCEMENT": "api",  # plain directories (few loop devices per machine)
         })
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(

@@ -131,6 +131,11 @@ class SizeLimitExceeded(StorageError):
         self.limit_bytes, self.needed_bytes = limit_bytes, needed_bytes
 
 
+class StorageUnavailable(StorageError):
+    """The backend cannot do this now (e.g. no loop device free for a volume's filesystem); the message says
+    why. Maps to 503."""
+
+
 class AccessDenied(StorageError, PermissionError):
     """The file modes (changed from inside a pod, typically) forbid the service to read or write a path. Only
     happens when the service does not run as root. Nothing was left behind."""
@@ -254,7 +259,8 @@ class StorageBackend(ABC):
     # --- objects
 
     @abstractmethod
-    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False) -> None:
+    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False,
+                      size_limit_bytes: int | None = None) -> None:
         """Make the volume's empty directory (and the tenant's directories). ``FileExists`` if it already
         exists and ``exist_ok`` is false (it may hold data of an object whose row was lost: look first)."""
 
@@ -446,6 +452,15 @@ class StorageBackend(ABC):
         Mount it with a mechanism that does not follow symlinks in the source, or accept that a container
         racing to replace a directory with a symlink between this call and the mount could redirect it;
         mounting the object's root (``sub_path=""``) has no such window."""
+
+    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int) -> None:
+        """Apply a new size limit where the backend enforces it itself (a volume's own filesystem); the
+        caller has checked that the content fits and, for a shrink, that no pod mounts the volume."""
+        del tenant, volume_id, size_limit_bytes  # directories have no size of their own
+
+    def volume_limit_enforced(self, tenant: str, volume_id: str) -> bool:
+        """Whether writes by pods are held to the size limit (not only API uploads)."""
+        return False
 
     def clean_upload_leftovers(self, *, min_age_sec: float = 0.0) -> int:
         """Remove what uploads of dead processes left behind; returns how many files. Backends whose uploads

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from openpods.storage import loopfs
 from openpods.storage.base import (
     AccessDenied,
     FileExists,
@@ -38,6 +39,7 @@ from openpods.storage.base import (
     SizeLimitExceeded,
     SnapshotDestinationRequired,
     StorageBackend,
+    StorageUnavailable,
     UploadSession,
     check_kind,
     check_name,
@@ -408,7 +410,12 @@ class _LocalUpload(UploadSession):
                 raise SizeLimitExceeded("Upload", self._limit, projected)
             view = memoryview(chunk)
             while view:
-                n = os.write(self._fd, view)
+                try:
+                    n = os.write(self._fd, view)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the volume's own filesystem is full
+                        raise SizeLimitExceeded("Upload", self._limit, projected) from None
+                    raise
                 view = view[n:]
             self._written += len(chunk)
         except BaseException:
@@ -522,6 +529,7 @@ class LocalStorage(StorageBackend):
         fsync: bool = True,
         zip_compresslevel: int = 1,
         max_depth: int = 512,
+        loop_volumes: bool = False,
     ) -> None:
         os.makedirs(root, exist_ok=True)
         self.root = Path(os.path.realpath(root))
@@ -530,6 +538,7 @@ class LocalStorage(StorageBackend):
         self.fsync = fsync
         self.zip_compresslevel = zip_compresslevel
         self.max_depth = max_depth
+        self.loop_volumes = loop_volumes  # each new volume its own filesystem (see openpods.storage.loopfs)
         self._lock = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._uploads: dict[tuple[str, str], set[_LocalUpload]] = {}
@@ -593,8 +602,73 @@ class LocalStorage(StorageBackend):
 
     # --- objects
 
-    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False) -> None:
-        self._create_object("volume", tenant, volume_id, exist_ok=exist_ok)
+    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False,
+                      size_limit_bytes: int | None = None) -> None:
+        path = self._create_object("volume", tenant, volume_id, exist_ok=exist_ok)
+        if not (self.loop_volumes and size_limit_bytes) or loopfs.is_mounted(path):
+            return
+        image = self._image_path(tenant, volume_id)
+        try:
+            os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
+            loopfs.make_image(image, size_limit_bytes)
+            loopfs.mount(image, path, self.dir_mode)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(image)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            raise StorageUnavailable(f"The volume's filesystem could not be made: {exc}") from None
+
+    def _image_path(self, tenant: str, volume_id: str) -> str:
+        """The filesystem image of a volume that has its own (``<root>/<tenant>/volume-images/<id>.ext4``)."""
+        check_name(tenant, "tenant")
+        check_name(volume_id, "volume id")
+        return os.path.join(self.root, tenant, "volume-images", f"{volume_id}.ext4")
+
+    def volume_limit_enforced(self, tenant: str, volume_id: str) -> bool:
+        return os.path.exists(self._image_path(tenant, volume_id))
+
+    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int) -> None:
+        image = self._image_path(tenant, volume_id)
+        if not os.path.exists(image):
+            return
+        path = self._existing_root("volume", tenant, volume_id)
+        try:
+            loopfs.mount(image, path, self.dir_mode)
+            st = os.statvfs(path)
+            if st.f_blocks * st.f_frsize < size_limit_bytes:
+                loopfs.grow(image, path, size_limit_bytes)
+            elif os.path.getsize(image) > size_limit_bytes * 1.2 + 16 * 1024 * 1024:
+                loopfs.shrink(image, path, size_limit_bytes, self.dir_mode)
+        except OSError as exc:
+            raise StorageUnavailable(f"The volume's filesystem could not be resized: {exc}") from None
+
+    def mount_volume_images(self) -> list[str]:
+        """Mount every volume filesystem that is not mounted (after a reboot, or a crash between creating and
+        mounting); returns the problems (one per volume that could not be mounted)."""
+        problems: list[str] = []
+        try:
+            tenants = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return problems
+        for tenant in tenants:
+            base = os.path.join(self.root, tenant, "volume-images")
+            try:
+                images = sorted(n for n in os.listdir(base) if n.endswith(".ext4"))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in images:
+                volume_id = name.removesuffix(".ext4")
+                path = self.object_root("volume", tenant, volume_id)
+                if not os.path.isdir(path):  # the volume was deleted; the image is what a crash left
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(base, name))
+                    continue
+                try:
+                    loopfs.mount(os.path.join(base, name), path, self.dir_mode)
+                except OSError as exc:
+                    problems.append(f"volume {tenant}/{volume_id}: {exc}")
+        return problems
 
     def _create_object(self, kind: Kind, tenant: str, object_id: str, *, exist_ok: bool) -> str:
         path = self.object_root(kind, tenant, object_id)
@@ -617,7 +691,26 @@ class LocalStorage(StorageBackend):
         return True
 
     def delete_volume(self, tenant: str, volume_id: str) -> bool:
-        return self._delete_object("volume", tenant, volume_id)
+        path = self.object_root("volume", tenant, volume_id)
+        image = self._image_path(tenant, volume_id)
+        if os.path.exists(image):
+            self._rmtree_contents(path)  # the data goes even if a lazy unmount keeps the filesystem a while
+            loopfs.unmount(path)
+        existed = self._delete_object("volume", tenant, volume_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(image)
+            existed = True
+        return existed
+
+    def _rmtree_contents(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for name in os.listdir(path):
+                child = os.path.join(path, name)
+                if os.path.isdir(child) and not os.path.islink(child):
+                    self._rmtree(child)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(child)
 
     def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
         self._remove_abandoned_partial(self._partial_root(tenant, snapshot_id))
@@ -1077,7 +1170,8 @@ class LocalStorage(StorageBackend):
                 names = os.listdir(base)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            found.extend(os.path.join(base, name) for name in names if name not in known)
+            # Names with a leading '.' are this module's own (a snapshot's copy in progress), never an object.
+            found.extend(os.path.join(base, name) for name in names if name not in known and name[:1] != ".")
         return sorted(found)
 
     def clean_upload_leftovers(self, *, min_age_sec: float = 0.0) -> int:
