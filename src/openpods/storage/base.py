@@ -453,10 +453,11 @@ class StorageBackend(ABC):
         racing to replace a directory with a symlink between this call and the mount could redirect it;
         mounting the object's root (``sub_path=""``) has no such window."""
 
-    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int) -> None:
-        """Apply a new size limit where the backend enforces it itself (a volume's own filesystem); the
-        caller has checked that the content fits and, for a shrink, that no pod mounts the volume."""
-        del tenant, volume_id, size_limit_bytes  # directories have no size of their own
+    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int, *, offline_ok: bool = True) -> None:
+        """Apply a new size limit where the backend enforces it itself (a volume's own filesystem); the caller
+        has checked that the content fits. ``offline_ok``: no pod mounts the volume, so it may be unmounted
+        meanwhile; otherwise only an online grow is tried (``StorageUnavailable`` when that is impossible)."""
+        del tenant, volume_id, size_limit_bytes, offline_ok  # directories have no size of their own
 
     def volume_limit_enforced(self, tenant: str, volume_id: str) -> bool:
         """Whether writes by pods are held to the size limit (not only API uploads)."""

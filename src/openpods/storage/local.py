@@ -612,7 +612,11 @@ class LocalStorage(StorageBackend):
             os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
             loopfs.make_image(image, size_limit_bytes)
             loopfs.mount(image, path, self.dir_mode)
+            if loopfs.usable_bytes(path) < size_limit_bytes:  # what ext4 keeps back shows only once mounted
+                loopfs.resize_offline(image, path, size_limit_bytes, self.dir_mode)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                loopfs.unmount(path)
             with contextlib.suppress(OSError):
                 os.unlink(image)
             with contextlib.suppress(OSError):
@@ -628,18 +632,20 @@ class LocalStorage(StorageBackend):
     def volume_limit_enforced(self, tenant: str, volume_id: str) -> bool:
         return os.path.exists(self._image_path(tenant, volume_id))
 
-    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int) -> None:
+    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int, *, offline_ok: bool = True) -> None:
         image = self._image_path(tenant, volume_id)
         if not os.path.exists(image):
             return
         path = self._existing_root("volume", tenant, volume_id)
         try:
             loopfs.mount(image, path, self.dir_mode)
-            st = os.statvfs(path)
-            if st.f_blocks * st.f_frsize < size_limit_bytes:
-                loopfs.grow(image, path, size_limit_bytes)
-            elif os.path.getsize(image) > size_limit_bytes * 1.2 + 16 * 1024 * 1024:
-                loopfs.shrink(image, path, size_limit_bytes, self.dir_mode)
+            usable = loopfs.usable_bytes(path)
+            if size_limit_bytes <= usable <= size_limit_bytes + max(size_limit_bytes // 50, 512 * 1024):
+                return
+            if usable < size_limit_bytes and not offline_ok:
+                loopfs.grow(image, path, size_limit_bytes)  # online: the filesystem stays mounted in pods
+            elif offline_ok:
+                loopfs.resize_offline(image, path, size_limit_bytes, self.dir_mode)
         except OSError as exc:
             raise StorageUnavailable(f"The volume's filesystem could not be resized: {exc}") from None
 

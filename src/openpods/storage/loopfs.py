@@ -36,12 +36,12 @@ def unavailable() -> str:
     return ""
 
 
-def _run(*argv: str) -> str:
+def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LoopError(f"{argv[0]} failed: {exc}") from None
-    if done.returncode != 0:
+    if done.returncode not in ok:
         raise LoopError(f"{' '.join(argv[:2])} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
     return done.stdout
 
@@ -78,7 +78,7 @@ def mount(image: str, path: str, dir_mode: int) -> None:
     if is_mounted(path):
         return
     with contextlib.suppress(LoopError):  # repair what a crash left; a failing check shows at mount
-        _run("e2fsck", "-p", image)
+        _run("e2fsck", "-p", image, ok=(0, 1))
     _run("mount", "-t", "ext4", "-o", "loop,nodev,nosuid", image, path)
     os.chmod(path, dir_mode)
     with contextlib.suppress(OSError):  # empty on a new filesystem; users never asked for it
@@ -99,38 +99,57 @@ def _device(path: str) -> str:
     return _run("findmnt", "-n", "-o", "SOURCE", "--mountpoint", path).strip()
 
 
-def grow(image: str, path: str, capacity_bytes: int) -> None:
-    """Grow the mounted filesystem (online) until at least ``capacity_bytes`` are usable in total."""
+def usable_bytes(path: str) -> int:
+    """What files can hold on the mounted filesystem: used plus available to writers (ext4 keeps some blocks
+    back for its own metadata; they are not counted)."""
     st = os.statvfs(path)
-    total = st.f_blocks * st.f_frsize
-    if total >= capacity_bytes:
+    return (st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize
+
+
+def grow(image: str, path: str, capacity_bytes: int) -> None:
+    """Grow the mounted filesystem (online) until files can hold at least ``capacity_bytes``."""
+    usable = usable_bytes(path)
+    if usable >= capacity_bytes:
         return
     size = os.path.getsize(image)
     for _ in range(_MAX_TRIES):
-        size += capacity_bytes - total + 64 * 1024
+        size += capacity_bytes - usable + 64 * 1024
         with open(image, "r+b") as fh:
             fh.truncate(size)
         device = _device(path)
         _run("losetup", "-c", device)
         _run("resize2fs", device)
-        st = os.statvfs(path)
-        total = st.f_blocks * st.f_frsize
-        if total >= capacity_bytes:
+        usable = usable_bytes(path)
+        if usable >= capacity_bytes:
             return
     raise LoopError(f"could not grow the filesystem of {path} to {capacity_bytes} bytes")
 
 
-def shrink(image: str, path: str, capacity_bytes: int, dir_mode: int) -> None:
-    """Shrink the filesystem to about ``capacity_bytes`` (offline: unmount, check, resize, mount again). The
-    caller makes sure nothing uses it and that the content fits."""
-    st = os.statvfs(path)
-    overhead = os.path.getsize(image) / max(st.f_blocks * st.f_frsize, 1)  # image bytes per usable byte
-    unmount(path)
-    try:
-        _run("e2fsck", "-f", "-p", image)
-        target = (int(max(capacity_bytes, _MIB) * overhead) + 64 * 1024) // 4096 * 4
-        _run("resize2fs", image, f"{target}K")
-        with open(image, "r+b") as fh:
-            fh.truncate(target * 1024)
-    finally:
-        mount(image, path, dir_mode)
+def resize_offline(image: str, path: str, capacity_bytes: int, dir_mode: int) -> None:
+    """Resize the filesystem so that files can hold about ``capacity_bytes`` (at least that much): unmount,
+    check, resize, mount again. The caller makes sure nothing uses it and, for a shrink, that the content fits.
+    (Growing a mounted ext4 needs CAP_SYS_RESOURCE, which containers often lack: see :func:`grow`.)"""
+    slack = max(capacity_bytes // 50, 512 * 1024)  # close enough: at most 2 % (or 512 KiB) above the limit
+    for _ in range(_MAX_TRIES):
+        usable = usable_bytes(path)
+        if capacity_bytes <= usable <= capacity_bytes + slack:
+            return
+        # Metadata grows a little with the size: step by the difference, and check again.
+        target = (os.path.getsize(image) + capacity_bytes - usable + slack // 2) // 4096 * 4096
+        unmount(path)
+        try:
+            # 1 = errors corrected (e.g. the lost+found we remove, recreated); 4 and up: a real problem
+            _run("e2fsck", "-f", "-p", image, ok=(0, 1))
+            if target > os.path.getsize(image):
+                with open(image, "r+b") as fh:
+                    fh.truncate(target)
+                _run("resize2fs", image)
+            else:
+                _run("resize2fs", image, f"{target // 1024}K")
+                with open(image, "r+b") as fh:
+                    fh.truncate(target)
+        finally:
+            mount(image, path, dir_mode)
+    if usable_bytes(path) >= capacity_bytes:
+        return
+    raise LoopError(f"could not resize the filesystem of {path} to {capacity_bytes} bytes")

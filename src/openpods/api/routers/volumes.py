@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
 from openpods.api.deps import Caller, Ctx, check_level
-from openpods.api.envelope import BadRequest, Conflict, no_change, ok
+from openpods.api.envelope import BadRequest, Conflict, TapisError, no_change, ok
 from openpods.api.files import file_response, storage_errors
 from openpods.api.multipart import file_part_chunks
 from openpods.auth.tokens import Identity
@@ -135,16 +135,22 @@ def _apply_size_limit(ctx: Any, s: Session, row: Volume, new_limit: int) -> None
     is done unmounted, no pod that mounts the volume."""
     if not ctx.storage.volume_limit_enforced(row.tenant_id, row.volume_id):
         return
+    users = mounting_pods(ctx, s, row.tenant_id, "tapisvolume", row.volume_id)
     if new_limit < row.size_limit:
         used = ctx.storage.usage_bytes("volume", row.tenant_id, row.volume_id)
         if used > new_limit * MB:
             raise BadRequest([f"size_limit: the volume holds {-(-used // MB)} MB, more than {new_limit} MB."])
-        users = mounting_pods(ctx, s, row.tenant_id, "tapisvolume", row.volume_id)
         if users:
             raise Conflict(f"Volume '{row.volume_id}' is mounted by pods that are not stopped: {users}; stop them "
                            "to lower its size_limit.")
-    with storage_errors():
-        ctx.storage.resize_volume(row.tenant_id, row.volume_id, new_limit * MB)
+    try:
+        with storage_errors():
+            ctx.storage.resize_volume(row.tenant_id, row.volume_id, new_limit * MB, offline_ok=not users)
+    except TapisError as exc:
+        if not users or exc.status_code != 503:
+            raise
+        raise Conflict(f"Volume '{row.volume_id}' cannot grow while pods mount it on this machine ({exc.message}); "
+                       f"stop {users} and try again.") from None
 
 
 @router.delete("/{volume_id}", operation_id="delete_volume", summary="delete_volume")
