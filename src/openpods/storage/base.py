@@ -131,9 +131,10 @@ class SizeLimitExceeded(StorageError):
         self.limit_bytes, self.needed_bytes = limit_bytes, needed_bytes
 
 
-class StorageUnavailable(StorageError):
-    """The backend cannot do this now (e.g. no loop device free for a volume's filesystem); the message says
-    why. Maps to 503."""
+class StorageUnavailable(StorageError, LookupError):
+    """The backend cannot do this now (e.g. no loop device free for a volume's filesystem, or a volume's
+    filesystem that cannot be mounted); the message says why. Maps to 503; a LookupError so that starting a
+    pod that mounts such a volume is refused with the message, like a missing volume."""
 
 
 class AccessDenied(StorageError, PermissionError):

@@ -560,7 +560,21 @@ class LocalStorage(StorageBackend):
             raise ObjectNotFound(kind, tenant, object_id) from None
         if not stat.S_ISDIR(st.st_mode):
             raise ObjectNotFound(kind, tenant, object_id)
+        if kind == "volume":
+            self._ensure_mounted(tenant, object_id, path)
         return path
+
+    def _ensure_mounted(self, tenant: str, volume_id: str, path: str) -> None:
+        """A volume with its own filesystem is used only mounted: the directory below it is not the volume
+        (writes there would escape the limit and hide the data)."""
+        image = self._image_path(tenant, volume_id)
+        if not os.path.exists(image) or loopfs.is_mounted(path):
+            return
+        try:
+            loopfs.mount(image, path, self.dir_mode)
+        except OSError as exc:
+            raise StorageUnavailable(f"The filesystem of volume {volume_id!r} is not mounted and could not be "
+                                     f"mounted: {exc}") from None
 
     def _open_root(self, kind: Kind, tenant: str, object_id: str) -> tuple[str, int]:
         path = self._existing_root(kind, tenant, object_id)
