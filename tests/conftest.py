@@ -29,7 +29,8 @@ Keyword arguments of ``make_server`` are ``Settings`` overrides, plus ``roles`` 
 ``database_url`` (default: a fresh database of the current backend; pass one to share a database between two
 servers, e.g. an api and a spawner process). Defaults: ``runtime="none"``, ``proxy_enabled=False``,
 ``import_starter_catalog=False`` (an empty site), ``volume_size_enforcement="api"`` (plain directories),
-admin ``admin`` with password ``ADMIN_PASSWORD``, tenants ``default`` (base_url ``http://localhost:<port>``) and ``other`` (base_url ``http://127.0.0.1:<port>``).
+admin ``admin`` with password ``ADMIN_PASSWORD``, tenants ``default`` (base_url ``http://localhost:<port>``)
+and ``other`` (base_url ``http://127.0.0.1:<port>``).
 
 ``OPENPODS_*`` variables of the calling shell do not reach test servers (only ``OPENPODS_TEST_DATABASES`` is
 read, by this file).
