@@ -28,8 +28,9 @@ wait for ``/healthcheck`` and return a :class:`ServerHandle`::
 Keyword arguments of ``make_server`` are ``Settings`` overrides, plus ``roles`` (default ``{"api"}``) and
 ``database_url`` (default: a fresh database of the current backend; pass one to share a database between two
 servers, e.g. an api and a spawner process). Defaults: ``runtime="none"``, ``proxy_enabled=False``,
-``import_starter_catalog=False`` (an empty site), admin ``admin`` with password ``ADMIN_PASSWORD``, tenants
-``default`` (base_url ``http://localhost:<port>``) and ``other`` (base_url ``http://127.0.0.1:<port>``).
+``import_starter_catalog=False`` (an empty site), ``volume_size_enforcement="api"`` (plain directories),
+admin ``admin`` with password ``ADMIN_PASSWORD``, tenants ``default`` (base_url ``http://localhost:<port>``)
+and ``other`` (base_url ``http://127.0.0.1:<port>``).
 
 ``OPENPODS_*`` variables of the calling shell do not reach test servers (only ``OPENPODS_TEST_DATABASES`` is
 read, by this file).
@@ -452,6 +453,10 @@ class ServerFactory:
             }
             if "import_starter_catalog" in Settings.model_fields:
                 values["import_starter_catalog"] = False  # an empty site; pass True to get the catalog
+            if "volume_size_enforcement" in Settings.model_fields:
+                # Plain directories: a machine has few loop devices, and suites create many volumes. Tests of
+                # the loop filesystems pass volume_size_enforcement="loop".
+                values["volume_size_enforcement"] = "api"
             values.update(overrides)
             values["port"] = port
             with _without_openpods_env():

@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     login_throttle_forget_sec: float = Field(
         3600.0, gt=0, description="Failures older than this (since the last attempt) are forgotten, seconds."
     )
+    max_request_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (JSON, forms) in bytes; larger ones get 413 before they are read "
+        "whole.",
+    )
+    max_upload_bytes: int = Field(
+        0,
+        ge=0,
+        description="Largest body of a file upload (volume, pod, Jupyter) in bytes; 0 means no cap beyond the "
+        "volume's size_limit (uploads stream to disk).",
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
     )
@@ -163,6 +175,19 @@ class Settings(BaseSettings):
     default_ulimits: list[str] = Field(
         default_factory=lambda: ["nofile=20000:20000", "nproc=32768:32768"],
         description="Container ulimits name=soft:hard.",
+    )
+    volume_size_enforcement: Literal["auto", "loop", "api"] = Field(
+        "auto",
+        description="How a volume's size_limit is enforced. 'loop': every new volume is its own ext4 filesystem "
+        "(a sparse image file, loop-mounted on the volume's directory), so pods get ENOSPC at the limit too "
+        "(needs root, util-linux, e2fsprogs and loop devices). 'api': plain directories, only uploads through "
+        "the API are checked. 'auto': 'loop' where possible, else 'api' (logged at start).",
+    )
+    storage_housekeeping_interval_sec: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds between passes that remove what interrupted uploads left in volumes (also done on "
+        "start).",
     )
     bus: Literal["memory", "rabbitmq"] = Field("memory", description="Command bus implementation.")
     rabbitmq_url: str = Field(

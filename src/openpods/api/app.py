@@ -47,5 +47,6 @@ def create_app(ctx: AppContext) -> FastAPI:
         )
     for module in (misc, auth, proxy, templates, images, snapshots, volumes, jupyter, pod_runtime, pods):
         app.include_router(module.router)
-    app.add_middleware(GuardMiddleware)  # added last: the outermost layer
+    app.add_middleware(GuardMiddleware, max_body_bytes=ctx.settings.max_request_body_bytes,
+                       max_upload_bytes=ctx.settings.max_upload_bytes)  # added last: the outermost layer
     return app

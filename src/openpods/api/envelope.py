@@ -110,6 +110,28 @@ def validation_messages(errors: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+MAX_ERROR_MESSAGES = 50
+
+
+def cap_messages(messages: list[str], limit: int = MAX_ERROR_MESSAGES) -> list[str]:
+    """At most ``limit`` messages, then one that says how many were left out (a huge body with an error per
+    item must not make a huge answer)."""
+    if len(messages) <= limit:
+        return messages
+    return [*messages[:limit], f"... and {len(messages) - limit} more errors."]
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` once a request body passes its cap; FastAPI lets HTTP exceptions through its
+    body parsing, so it ends as a 413 envelope (and the rest of the body is never read)."""
+
+    def __init__(self, limit: int, setting: str) -> None:
+        super().__init__(413, f"The request body is too large: this endpoint accepts at most {limit} bytes "
+                              f"(setting {setting}).")
+
+
+# Endpoints whose body is a file streamed to disk (bounded by the volume's size_limit, not by the JSON cap).
+_UPLOAD_PATH_RE = re.compile(r"^/v3/pods/(?:volumes/[^/]+/upload/.+|[^/]+/(?:upload_to_pod|upload))$")
 _FILE_PATH_RE = re.compile(r"^(/v3/pods/(?:volumes|snapshots)/[^/]*/(?:contents|upload))/")
 
 
@@ -118,8 +140,15 @@ class GuardMiddleware:
     cannot even reach PostgreSQL), and turns an unexpected exception into a 500 envelope *without* letting it
     propagate, so the server keeps the client's connection alive."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, max_body_bytes: int = 0, max_upload_bytes: int = 0) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes  # 0: no cap
+        self.max_upload_bytes = max_upload_bytes
+
+    def _body_cap(self, path: str) -> tuple[int, str]:
+        if _UPLOAD_PATH_RE.match(path):
+            return self.max_upload_bytes, "max_upload_bytes"
+        return self.max_body_bytes, "max_request_body_bytes"
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -136,6 +165,14 @@ class GuardMiddleware:
                 response = error_response(404, "No such resource: URLs with control characters name nothing.")
             await response(scope, receive, send)
             return
+        limit, setting = self._body_cap(path)
+        if limit:
+            too_large = BodyTooLarge(limit, setting)
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:  # refused before a byte of it is read
+                await error_response(413, too_large.detail)(scope, receive, send)
+                return
+            receive = _capped_receive(receive, limit, too_large)
         started = False
 
         async def tracking_send(message: Any) -> None:
@@ -146,11 +183,42 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except BodyTooLarge as exc:  # raised where no exception handler saw it (e.g. a streaming endpoint)
+            if started:
+                raise
+            await error_response(413, exc.detail)(scope, receive, send)
         except Exception:
             log.exception("Unexpected error on %s %s", scope.get("method"), path)
             if started:
                 raise
             await error_response(500, "Unexpected server error; it has been logged.")(scope, receive, send)
+
+
+def _content_length(scope: Any) -> int | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _capped_receive(receive: Any, limit: int, too_large: BodyTooLarge) -> Any:
+    """``receive`` that counts body bytes as they arrive and raises ``too_large`` past ``limit``: the server
+    reads no more of the body than the cap (plus one chunk)."""
+    total = 0
+
+    async def capped() -> Any:
+        nonlocal total
+        message = await receive()
+        if message["type"] == "http.request":
+            total += len(message.get("body", b""))
+            if total > limit:
+                raise too_large
+        return message
+
+    return capped
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -160,11 +228,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, validation_messages(list(exc.errors())))
+        return error_response(400, cap_messages(validation_messages(list(exc.errors()))))
 
     @app.exception_handler(ValidationError)
     async def _model_validation(_: Request, exc: ValidationError) -> JSONResponse:
-        return error_response(400, validation_messages(list(exc.errors())))
+        return error_response(400, cap_messages(validation_messages(list(exc.errors()))))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

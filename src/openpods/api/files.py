@@ -20,6 +20,7 @@ from openpods.storage.base import (
     PathRejected,
     SizeLimitExceeded,
     SnapshotDestinationRequired,
+    StorageUnavailable,
 )
 
 
@@ -39,6 +40,8 @@ def storage_errors() -> Iterator[None]:
         raise Conflict(f"{exc} Pass overwrite=true to replace it.") from None
     except SizeLimitExceeded as exc:
         raise TapisError(str(exc), 413) from None
+    except StorageUnavailable as exc:
+        raise TapisError(str(exc), 503) from None
 
 
 def file_response(storage: Any, kind: str, tenant_id: str, object_id: str, path: str, zip: bool) -> StreamingResponse:

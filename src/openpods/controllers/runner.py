@@ -37,10 +37,23 @@ class Controllers:
 
 
 def setup_storage(ctx: AppContext) -> None:
+    from openpods.storage import loopfs
     from openpods.storage.local import LocalStorage
 
     if ctx.storage is None:
-        ctx.storage = LocalStorage(ctx.settings.data_dir / "storage")
+        mode = ctx.settings.volume_size_enforcement
+        problem = loopfs.unavailable() if mode != "api" else ""
+        if mode == "loop" and problem:
+            raise SystemExit(f"volume_size_enforcement = loop is not possible here: {problem}")
+        if mode == "auto" and problem:
+            log.warning("volumes are plain directories: a pod can write past a volume's size_limit (only API "
+                        "uploads are checked), because %s", problem)
+        ctx.storage = LocalStorage(ctx.settings.data_dir / "storage", loop_volumes=mode != "api" and not problem)
+    # Volume filesystems are mounted again before any pod can start (after a reboot, or a crash).
+    mount_all = getattr(ctx.storage, "mount_volume_images", None)
+    if mount_all is not None and loopfs.unavailable() == "":
+        for problem in mount_all():
+            log.error("%s", problem)
 
 
 async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
@@ -96,11 +109,25 @@ async def start_proxy(ctx: AppContext, controllers: Controllers) -> None:
              ctx.settings.proxy_https_port)
 
 
+async def storage_housekeeping(ctx: AppContext) -> None:
+    """On start and then periodically: remove the temporary files of uploads that a killed process left."""
+    while True:
+        try:
+            removed = await asyncio.to_thread(ctx.storage.clean_upload_leftovers)
+            if removed:
+                log.info("removed %d temporary upload files left by interrupted uploads", removed)
+        except Exception:
+            log.exception("storage housekeeping failed; retrying later")
+        await asyncio.sleep(ctx.settings.storage_housekeeping_interval_sec)
+
+
 async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controllers:
     roles = set(roles)
     controllers = Controllers()
     ctx.loop = asyncio.get_running_loop()
     setup_storage(ctx)
+    if roles & {"api", "health"}:
+        controllers.tasks.append(asyncio.create_task(storage_housekeeping(ctx), name="storage-housekeeping"))
     if roles & {"api", "spawner", "health"}:
         await setup_runtime(ctx, controllers)
     if "proxy" in roles and ctx.settings.proxy_enabled:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import select
@@ -20,13 +20,16 @@ from openpods.api.context import AppContext
 from openpods.bus.base import SNAPSHOTS
 from openpods.domain.snapshot_policy import due_runs, select_to_prune
 from openpods.services.mounts import effective_mounts
-from openpods.services.snapshots import run_id, take_snapshot
+from openpods.services.snapshots import MB, run_id, take_snapshot
 from openpods.store import repo
 from openpods.store.db import transaction
 from openpods.store.tables import Pod, Snapshot
 
 log = logging.getLogger(__name__)
 RUNS = Counter("openpods_snapshot_runs_total", "Scheduled snapshot runs, by outcome.", ["outcome"])
+CLAIM_GRACE_SEC = 10.0
+INTERRUPTED = ("the copy was interrupted (the server stopped while copying) and has been discarded; delete this "
+               "snapshot and create it again")
 PASS_SECONDS = Histogram("openpods_snapshot_pass_seconds", "Duration of one snapshot scheduler pass.")
 
 
@@ -112,11 +115,53 @@ class SnapshotScheduler:
             saved.update_ts = repo.utcnow()
 
     def _resume_interrupted(self) -> None:
+        """Snapshots left CREATING by a process that died mid-copy (on start and on every pass). A copy that
+        another process is still making is left alone (its lock is held); a complete copy whose row was not
+        updated becomes AVAILABLE; otherwise a scheduled run is copied again, and a snapshot taken on request
+        becomes ERROR with the reason (a copy made now would not be what was asked for then)."""
+        # A row younger than the grace may belong to a request that has not started its copy yet.
+        settled = self.ctx.clock() - timedelta(seconds=CLAIM_GRACE_SEC)
         with self.ctx.sessions() as s:
-            pending = [(r.tenant_id, r.snapshot_id) for r in s.scalars(
-                select(Snapshot).where(Snapshot.status == "CREATING", Snapshot.parent_snapshot_id != ""))]
-        for tenant_id, child_id in pending:
-            self._copy(tenant_id, child_id)
+            pending = [(r.tenant_id, r.snapshot_id, bool(r.parent_snapshot_id)) for r in s.scalars(
+                select(Snapshot).where(Snapshot.status == "CREATING"))
+                if r.parent_snapshot_id or r.update_ts <= settled]
+        for tenant_id, snapshot_id, is_run in pending:
+            try:
+                state = self.ctx.storage.snapshot_copy_state(tenant_id, snapshot_id)
+            except Exception:
+                log.exception("cannot tell the copy state of snapshot %s/%s", tenant_id, snapshot_id)
+                continue
+            if state == "copying":
+                continue
+            if state == "complete":
+                self._finish_complete(tenant_id, snapshot_id)
+            elif is_run:
+                self._copy(tenant_id, snapshot_id)
+            else:
+                self._fail_interrupted(tenant_id, snapshot_id)
+
+    def _finish_complete(self, tenant_id: str, snapshot_id: str) -> None:
+        size = self.ctx.storage.usage_bytes("snapshot", tenant_id, snapshot_id)
+        with transaction(self.ctx.sessions) as s:
+            row = s.get(Snapshot, (tenant_id, snapshot_id))
+            if row is not None and row.status == "CREATING":
+                row.status, row.size, row.update_ts = "AVAILABLE", -(-size // MB), repo.utcnow()
+                log.info("snapshot %s/%s: the copy was complete; now AVAILABLE", tenant_id, snapshot_id)
+
+    def _fail_interrupted(self, tenant_id: str, snapshot_id: str) -> None:
+        reason = INTERRUPTED
+        with transaction(self.ctx.sessions) as s:
+            row = s.get(Snapshot, (tenant_id, snapshot_id))
+            if row is None or row.status != "CREATING":
+                return
+            # The copy may have finished between the check and now (a slow API process): then it stands.
+            if self.ctx.storage.snapshot_copy_state(tenant_id, snapshot_id) != "absent":
+                return
+            row.status = "ERROR"
+            row.description = f"{row.description} — failed: {reason}"[:255] if row.description else reason
+            row.update_ts = repo.utcnow()
+        RUNS.labels("interrupted").inc()
+        log.warning("snapshot %s/%s: %s", tenant_id, snapshot_id, reason)
 
     def _prune(self, tenant_id: str, snapshot_id: str, now: datetime) -> None:
         with transaction(self.ctx.sessions) as s:

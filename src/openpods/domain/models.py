@@ -249,9 +249,12 @@ class VolumeMount(Strict):
     @classmethod
     def _mount_path(cls, v: str) -> str:
         _no_control(v, "mount_path")
-        parts = v.split("/")
-        if not v.startswith("/") or v == "/" or ".." in parts or len(v) > 255:
-            raise ValueError("mount_path must be an absolute path other than '/' without '..' segments.")
+        # Refused, not normalized: '/data', '/data/' and '//data' must not be three different mount paths (the
+        # duplicate check compares strings), and what the user sent is what the pod shows.
+        segments = v.split("/")[1:]
+        if not v.startswith("/") or v == "/" or len(v) > 255 or any(p in ("", ".", "..") for p in segments):
+            raise ValueError("mount_path must be a normalized absolute path other than '/': no '..' or '.' "
+                             "segments, no '//' and no trailing '/' (e.g. '/data').")
         return v
 
     @field_validator("sub_path")

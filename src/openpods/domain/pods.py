@@ -78,19 +78,44 @@ def split_pod_id_net(pod_id_net: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------- images
 
 _TAG_RE = re.compile(r":([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
+_DIGEST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image reference split as the engines read it: ``[registry[:port]/]path[:tag][@digest]``."""
+
+    name: str  # registry (with port) and path, as written
+    tag: str | None = None
+    digest: str | None = None  # "sha256:<hex>", lower case
+
+    @property
+    def canonical_name(self) -> str:
+        """The name as an engine stores it: ``nginx`` → ``docker.io/library/nginx``; names with a registry
+        (a first component with '.' or ':', or ``localhost``) unchanged."""
+        first, sep, _rest = self.name.partition("/")
+        if sep and ("." in first or ":" in first or first == "localhost"):
+            return self.name
+        return f"docker.io/{self.name}" if sep else f"docker.io/library/{self.name}"
+
+
+def parse_image_ref(ref: str) -> ImageRef:
+    """Splits a reference; the tag is looked for only after the last '/', so a registry port is never a tag."""
+    name, at, digest = ref.partition("@")
+    m = _TAG_RE.search(name.rsplit("/", 1)[-1])
+    tag = None
+    if m:
+        tag = m.group(1)
+        name = name[: len(name) - len(m.group(0))]
+    return ImageRef(name=name, tag=tag, digest=digest.lower() if at else None)
 
 
 def split_image(ref: str) -> tuple[str, str | None]:
     """``registry:5000/org/name:tag`` → (``registry:5000/org/name``, ``tag``). A digest counts as the tag."""
-    digest = ""
-    if "@" in ref:
-        ref, _, digest = ref.partition("@")
-        digest = "@" + digest
-    last = ref.rsplit("/", 1)[-1]
-    m = _TAG_RE.search(last)
-    if not m:
-        return ref, (digest or None)
-    return ref[: len(ref) - len(m.group(0))], m.group(1) + digest
+    parsed = parse_image_ref(ref)
+    if parsed.digest is None:
+        return parsed.name, parsed.tag
+    return parsed.name, f"{parsed.tag or ''}@{parsed.digest}" if parsed.tag else f"@{parsed.digest}"
 
 
 def tenant_in_scope(tenant_id: str, scopes: Iterable[str]) -> bool:
@@ -105,15 +130,55 @@ def tenant_in_scope(tenant_id: str, scopes: Iterable[str]) -> bool:
     return "**" in positives or "*" in positives or tenant_id in positives
 
 
-def image_allowed(image: str, tenant_id: str, entries: Iterable[tuple[str, Iterable[str]]],
-                  site_list: Iterable[str] = ()) -> bool:
-    """An entry without a tag admits every tag of that image; an entry with a tag admits only that tag."""
-    name, tag = split_image(image)
+def _entries_in_scope(tenant_id: str, entries: Iterable[tuple[str, Iterable[str]]],
+                      site_list: Iterable[str]) -> list[ImageRef]:
     candidates = [(entry, scopes) for entry, scopes in entries] + [(entry, ("**",)) for entry in site_list]
-    for entry, scopes in candidates:
-        e_name, e_tag = split_image(entry)
-        tag_ok = e_tag is None or e_tag == tag or (tag or "").startswith(f"{e_tag}@")
-        if e_name == name and tag_ok and tenant_in_scope(tenant_id, scopes):
+    return [parse_image_ref(entry) for entry, scopes in candidates if tenant_in_scope(tenant_id, scopes)]
+
+
+def _tag_allowed(name: str, tag: str | None, allowed: list[ImageRef]) -> bool:
+    """``name[:tag]`` (no digest) against entries: an entry without a tag admits every tag, one with a tag
+    only that tag; an entry pinned to a digest admits no tag (only its digest)."""
+    return any(e.name == name and e.digest is None and (e.tag is None or e.tag == tag) for e in allowed)
+
+
+def digest_needs_engine(image: str, tenant_id: str, entries: Iterable[tuple[str, Iterable[str]]],
+                        site_list: Iterable[str] = ()) -> bool:
+    """True when ``image`` carries a digest that no entry names: only the engine can tell which tags that
+    digest belongs to (see :func:`image_allowed`'s ``engine_tags``)."""
+    ref = parse_image_ref(image)
+    if ref.digest is None:
+        return False
+    allowed = _entries_in_scope(tenant_id, entries, site_list)
+    return not any(e.name == ref.name and e.digest == ref.digest for e in allowed)
+
+
+def image_allowed(image: str, tenant_id: str, entries: Iterable[tuple[str, Iterable[str]]],
+                  site_list: Iterable[str] = (), engine_tags: Iterable[str] | None = None) -> bool:
+    """An entry without a tag admits every tag of that image; an entry with a tag admits only that tag.
+
+    A reference with a digest (``name@sha256:…``, ``name:tag@sha256:…``) names content, not a tag: engines
+    resolve the digest whatever the name or tag says (Podman runs ``allowed@<digest of another image>`` as that
+    other image). So it is admitted only if an entry names that digest (``name@sha256:…``), or if
+    ``engine_tags`` -- the tags the engine reports for the image with that digest, after it checked that the
+    digest is that image's -- include an allowed ``name:tag`` (the reference's own tag, when it has one).
+    """
+    ref = parse_image_ref(image)
+    allowed = _entries_in_scope(tenant_id, entries, site_list)
+    if ref.digest is None:
+        return _tag_allowed(ref.name, ref.tag, allowed)
+    if any(e.name == ref.name and e.digest == ref.digest and (e.tag is None or ref.tag in (None, e.tag))
+           for e in allowed):
+        return True
+    for repo_tag in engine_tags or ():
+        engine_ref = parse_image_ref(repo_tag)
+        if engine_ref.digest is not None or engine_ref.tag is None:
+            continue
+        if engine_ref.canonical_name != ref.canonical_name:
+            continue
+        if ref.tag is not None and engine_ref.tag != ref.tag:
+            continue
+        if _tag_allowed(ref.name, engine_ref.tag, allowed):
             return True
     return False
 

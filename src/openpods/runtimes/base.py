@@ -206,6 +206,13 @@ class Runtime(abc.ABC):
         at the API. The authoritative answer is UnsupportedFeature from :meth:`ensure_running`."""
         return False
 
+    async def image_tags_for_digest(self, ref: str, digest: str) -> list[str]:
+        """The tags (``name:tag``) of the local image that ``ref`` resolves to, provided that image's content
+        digest is ``digest``; [] when there is no such local image. The image allowlist asks this for a
+        reference whose digest no entry names. Engines that cannot tell answer [] (such references are refused).
+        """
+        return []
+
     @abc.abstractmethod
     async def ping(self) -> bool:
         """True when the engine answers; never raises."""

@@ -963,6 +963,18 @@ class DockerRuntime(Runtime):
             return False
         return "nvidia" in (info.get("Runtimes") or {})
 
+    async def image_tags_for_digest(self, ref: str, digest: str) -> list[str]:
+        def _inspect() -> list[str]:
+            try:
+                info = self._api().inspect_image(ref)
+            except docker.errors.NotFound:
+                return []
+            # The engine may resolve a digest whatever the name says: trust only an image that has that digest.
+            digests = {d.partition("@")[2].lower() for d in info.get("RepoDigests") or []}
+            return list(info.get("RepoTags") or []) if digest.lower() in digests else []
+
+        return await self._run("image inspect", _inspect)
+
     async def ping(self) -> bool:
         def _ping() -> bool:
             return bool(self._api().ping())

@@ -50,7 +50,7 @@ def build_spec(ctx: AppContext, s: Session, pod: Pod) -> tuple[ContainerSpec, di
 
     try:
         derived = tpl_svc.derive(s, pod, ctx.settings)
-        check_image_allowed(s, ctx.settings, pod.tenant_id, derived.get("image") or "")
+        check_image_allowed(s, ctx.settings, pod.tenant_id, derived.get("image") or "", ctx=ctx)
     except TapisError as exc:
         message = exc.message if isinstance(exc.message, str) else "; ".join(exc.message)
         raise SpawnRefused(message) from None

@@ -131,6 +131,12 @@ class SizeLimitExceeded(StorageError):
         self.limit_bytes, self.needed_bytes = limit_bytes, needed_bytes
 
 
+class StorageUnavailable(StorageError, LookupError):
+    """The backend cannot do this now (e.g. no loop device free for a volume's filesystem, or a volume's
+    filesystem that cannot be mounted); the message says why. Maps to 503; a LookupError so that starting a
+    pod that mounts such a volume is refused with the message, like a missing volume."""
+
+
 class AccessDenied(StorageError, PermissionError):
     """The file modes (changed from inside a pod, typically) forbid the service to read or write a path. Only
     happens when the service does not run as root. Nothing was left behind."""
@@ -254,7 +260,8 @@ class StorageBackend(ABC):
     # --- objects
 
     @abstractmethod
-    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False) -> None:
+    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False,
+                      size_limit_bytes: int | None = None) -> None:
         """Make the volume's empty directory (and the tenant's directories). ``FileExists`` if it already
         exists and ``exist_ok`` is false (it may hold data of an object whose row was lost: look first)."""
 
@@ -416,6 +423,12 @@ class StorageBackend(ABC):
         failure the snapshot directory is removed again, so nothing partial remains. ``FileExists`` if the
         snapshot directory already exists with content."""
 
+    def snapshot_copy_state(self, tenant: str, snapshot_id: str) -> str:
+        """For a snapshot whose row says CREATING: ``copying`` (a live process is copying it), ``complete``
+        (the copy is in place; only the row was not updated) or ``absent`` (no copy runs; anything partial
+        has been removed). Backends that cannot tell a running copy answer from what exists."""
+        return "complete" if self.exists("snapshot", tenant, snapshot_id) else "absent"
+
     @abstractmethod
     def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
         """Delete the snapshot's directory (read-only bits notwithstanding); returns whether it existed."""
@@ -440,6 +453,21 @@ class StorageBackend(ABC):
         Mount it with a mechanism that does not follow symlinks in the source, or accept that a container
         racing to replace a directory with a symlink between this call and the mount could redirect it;
         mounting the object's root (``sub_path=""``) has no such window."""
+
+    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int, *, offline_ok: bool = True) -> None:
+        """Apply a new size limit where the backend enforces it itself (a volume's own filesystem); the caller
+        has checked that the content fits. ``offline_ok``: no pod mounts the volume, so it may be unmounted
+        meanwhile; otherwise only an online grow is tried (``StorageUnavailable`` when that is impossible)."""
+        del tenant, volume_id, size_limit_bytes, offline_ok  # directories have no size of their own
+
+    def volume_limit_enforced(self, tenant: str, volume_id: str) -> bool:
+        """Whether writes by pods are held to the size limit (not only API uploads)."""
+        return False
+
+    def clean_upload_leftovers(self, *, min_age_sec: float = 0.0) -> int:
+        """Remove what uploads of dead processes left behind; returns how many files. Backends whose uploads
+        leave nothing have nothing to do."""
+        return 0
 
     @abstractmethod
     def find_unexpected(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from openpods.storage import loopfs
 from openpods.storage.base import (
     AccessDenied,
     FileExists,
@@ -36,6 +39,7 @@ from openpods.storage.base import (
     SizeLimitExceeded,
     SnapshotDestinationRequired,
     StorageBackend,
+    StorageUnavailable,
     UploadSession,
     check_kind,
     check_name,
@@ -57,6 +61,13 @@ __all__ = ["TEMP_PREFIX", "LocalStorage"]
 
 TEMP_PREFIX = ".openpods-upload-"
 """Name prefix of the temporary file an upload streams into (in the target's directory)."""
+_TEMP_RE = re.compile(r"^\.openpods-upload-[0-9a-f]{16}\.part$")
+
+
+def is_upload_temp(name: str) -> bool:
+    """An upload's temporary file: never listed, measured, copied or zipped; a leftover of a killed process is
+    removed by :meth:`LocalStorage.clean_upload_leftovers`. (A file a pod names so is hidden too.)"""
+    return bool(_TEMP_RE.match(name))
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -82,6 +93,11 @@ def _translated(where: str | None = None) -> Iterator[None]:
         raise AccessDenied(where) from None
 
 
+def _refuse_upload_temp(path: str) -> None:
+    if any(is_upload_temp(part) for part in path.split("/")):
+        raise PathNotFound(path)
+
+
 # ------------------------------------------------------------------------------------------- fd-based walk
 
 
@@ -96,12 +112,14 @@ class _Entry:
         return self.parts[-1]
 
 
-def _names(fd: int) -> list[str]:
+def _names(fd: int, *, hidden: bool = False) -> list[str]:
+    """The entries of a directory, upload temporaries left out unless ``hidden``."""
     with os.scandir(fd) as it:
-        return sorted((entry.name for entry in it), reverse=True)  # pop() yields ascending order
+        names = (entry.name for entry in it)
+        return sorted((n for n in names if hidden or not is_upload_temp(n)), reverse=True)  # pop(): ascending
 
 
-def _walk(top_fd: int, *, max_depth: int, strict: bool = False) -> Iterator[_Entry]:
+def _walk(top_fd: int, *, max_depth: int, strict: bool = False, hidden: bool = False) -> Iterator[_Entry]:
     """Depth-first, pre-order, names in ascending order; never follows a symlink. A directory is entered only
     if the directory opened (``O_NOFOLLOW``, relative to its parent) is the one ``lstat`` saw; entries that
     vanish are skipped, and so are directories this process may not read -- unless ``strict``, which raises
@@ -110,7 +128,7 @@ def _walk(top_fd: int, *, max_depth: int, strict: bool = False) -> Iterator[_Ent
     stack: list[tuple[int, tuple[str, ...], list[str]]] = []
     fd = os.dup(top_fd)
     try:
-        stack.append((fd, (), _names(fd)))
+        stack.append((fd, (), _names(fd, hidden=hidden)))
     except BaseException:
         os.close(fd)
         raise
@@ -142,7 +160,7 @@ def _walk(top_fd: int, *, max_depth: int, strict: bool = False) -> Iterator[_Ent
                 cst = os.fstat(cfd)
                 if (cst.st_dev, cst.st_ino) != (st.st_dev, st.st_ino):
                     raise OSError(errno.ESTALE, "directory replaced during walk")
-                listing = _names(cfd)
+                listing = _names(cfd, hidden=hidden)
             except OSError as exc:
                 os.close(cfd)
                 if strict and isinstance(exc, PermissionError):
@@ -188,6 +206,49 @@ def _open_child_file(
         os.close(fd)
         raise
     return fd, st
+
+
+def _remove_if_unlocked(parent_fd: int, name: str, expect: os.stat_result) -> bool:
+    """Unlink ``name`` if it is still the file ``expect`` and no process holds its upload lock."""
+    try:
+        fd = os.open(name, _FILE_READ_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return False
+    try:
+        if not os.path.samestat(os.fstat(fd), expect):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # an upload in progress
+        os.unlink(name, dir_fd=parent_fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: str) -> None:
+    """Make a finished copy durable before it is renamed into place (files, then their directories)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        with contextlib.suppress(OSError):
+            _fsync_dir(dirpath)
 
 
 def _chmod_nofollow(dir_fd: int | None, name: str, fmt: int, adjust: Callable[[int], int]) -> None:
@@ -301,6 +362,8 @@ class _LocalUpload(UploadSession):
                 dir_fd=self._parent_fd,
             )
             os.fchmod(self._fd, storage.file_mode)
+            # Held while the upload lives: a temporary whose lock is free belongs to a process that died.
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             st = os.fstat(self._fd)
             self.inode = (st.st_dev, st.st_ino)
             storage._register(self)
@@ -347,7 +410,12 @@ class _LocalUpload(UploadSession):
                 raise SizeLimitExceeded("Upload", self._limit, projected)
             view = memoryview(chunk)
             while view:
-                n = os.write(self._fd, view)
+                try:
+                    n = os.write(self._fd, view)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the volume's own filesystem is full
+                        raise SizeLimitExceeded("Upload", self._limit, projected) from None
+                    raise
                 view = view[n:]
             self._written += len(chunk)
         except BaseException:
@@ -461,6 +529,7 @@ class LocalStorage(StorageBackend):
         fsync: bool = True,
         zip_compresslevel: int = 1,
         max_depth: int = 512,
+        loop_volumes: bool = False,
     ) -> None:
         os.makedirs(root, exist_ok=True)
         self.root = Path(os.path.realpath(root))
@@ -469,6 +538,7 @@ class LocalStorage(StorageBackend):
         self.fsync = fsync
         self.zip_compresslevel = zip_compresslevel
         self.max_depth = max_depth
+        self.loop_volumes = loop_volumes  # each new volume its own filesystem (see openpods.storage.loopfs)
         self._lock = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._uploads: dict[tuple[str, str], set[_LocalUpload]] = {}
@@ -490,7 +560,21 @@ class LocalStorage(StorageBackend):
             raise ObjectNotFound(kind, tenant, object_id) from None
         if not stat.S_ISDIR(st.st_mode):
             raise ObjectNotFound(kind, tenant, object_id)
+        if kind == "volume":
+            self._ensure_mounted(tenant, object_id, path)
         return path
+
+    def _ensure_mounted(self, tenant: str, volume_id: str, path: str) -> None:
+        """A volume with its own filesystem is used only mounted: the directory below it is not the volume
+        (writes there would escape the limit and hide the data)."""
+        image = self._image_path(tenant, volume_id)
+        if not os.path.exists(image) or loopfs.is_mounted(path):
+            return
+        try:
+            loopfs.mount(image, path, self.dir_mode)
+        except OSError as exc:
+            raise StorageUnavailable(f"The filesystem of volume {volume_id!r} is not mounted and could not be "
+                                     f"mounted: {exc}") from None
 
     def _open_root(self, kind: Kind, tenant: str, object_id: str) -> tuple[str, int]:
         path = self._existing_root(kind, tenant, object_id)
@@ -532,8 +616,79 @@ class LocalStorage(StorageBackend):
 
     # --- objects
 
-    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False) -> None:
-        self._create_object("volume", tenant, volume_id, exist_ok=exist_ok)
+    def create_volume(self, tenant: str, volume_id: str, *, exist_ok: bool = False,
+                      size_limit_bytes: int | None = None) -> None:
+        path = self._create_object("volume", tenant, volume_id, exist_ok=exist_ok)
+        if not (self.loop_volumes and size_limit_bytes) or loopfs.is_mounted(path):
+            return
+        image = self._image_path(tenant, volume_id)
+        try:
+            os.makedirs(os.path.dirname(image), mode=0o700, exist_ok=True)
+            loopfs.make_image(image, size_limit_bytes)
+            loopfs.mount(image, path, self.dir_mode)
+            if loopfs.usable_bytes(path) < size_limit_bytes:  # what ext4 keeps back shows only once mounted
+                loopfs.resize_offline(image, path, size_limit_bytes, self.dir_mode)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                loopfs.unmount(path)
+            with contextlib.suppress(OSError):
+                os.unlink(image)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            raise StorageUnavailable(f"The volume's filesystem could not be made: {exc}") from None
+
+    def _image_path(self, tenant: str, volume_id: str) -> str:
+        """The filesystem image of a volume that has its own (``<root>/<tenant>/volume-images/<id>.ext4``)."""
+        check_name(tenant, "tenant")
+        check_name(volume_id, "volume id")
+        return os.path.join(self.root, tenant, "volume-images", f"{volume_id}.ext4")
+
+    def volume_limit_enforced(self, tenant: str, volume_id: str) -> bool:
+        return os.path.exists(self._image_path(tenant, volume_id))
+
+    def resize_volume(self, tenant: str, volume_id: str, size_limit_bytes: int, *, offline_ok: bool = True) -> None:
+        image = self._image_path(tenant, volume_id)
+        if not os.path.exists(image):
+            return
+        path = self._existing_root("volume", tenant, volume_id)
+        try:
+            loopfs.mount(image, path, self.dir_mode)
+            usable = loopfs.usable_bytes(path)
+            if size_limit_bytes <= usable <= size_limit_bytes + max(size_limit_bytes // 50, 512 * 1024):
+                return
+            if usable < size_limit_bytes and not offline_ok:
+                loopfs.grow(image, path, size_limit_bytes)  # online: the filesystem stays mounted in pods
+            elif offline_ok:
+                loopfs.resize_offline(image, path, size_limit_bytes, self.dir_mode)
+        except OSError as exc:
+            raise StorageUnavailable(f"The volume's filesystem could not be resized: {exc}") from None
+
+    def mount_volume_images(self) -> list[str]:
+        """Mount every volume filesystem that is not mounted (after a reboot, or a crash between creating and
+        mounting); returns the problems (one per volume that could not be mounted)."""
+        problems: list[str] = []
+        try:
+            tenants = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return problems
+        for tenant in tenants:
+            base = os.path.join(self.root, tenant, "volume-images")
+            try:
+                images = sorted(n for n in os.listdir(base) if n.endswith(".ext4"))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in images:
+                volume_id = name.removesuffix(".ext4")
+                path = self.object_root("volume", tenant, volume_id)
+                if not os.path.isdir(path):  # the volume was deleted; the image is what a crash left
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(base, name))
+                    continue
+                try:
+                    loopfs.mount(os.path.join(base, name), path, self.dir_mode)
+                except OSError as exc:
+                    problems.append(f"volume {tenant}/{volume_id}: {exc}")
+        return problems
 
     def _create_object(self, kind: Kind, tenant: str, object_id: str, *, exist_ok: bool) -> str:
         path = self.object_root(kind, tenant, object_id)
@@ -556,9 +711,29 @@ class LocalStorage(StorageBackend):
         return True
 
     def delete_volume(self, tenant: str, volume_id: str) -> bool:
-        return self._delete_object("volume", tenant, volume_id)
+        path = self.object_root("volume", tenant, volume_id)
+        image = self._image_path(tenant, volume_id)
+        if os.path.exists(image):
+            self._rmtree_contents(path)  # the data goes even if a lazy unmount keeps the filesystem a while
+            loopfs.unmount(path)
+        existed = self._delete_object("volume", tenant, volume_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(image)
+            existed = True
+        return existed
+
+    def _rmtree_contents(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for name in os.listdir(path):
+                child = os.path.join(path, name)
+                if os.path.isdir(child) and not os.path.islink(child):
+                    self._rmtree(child)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(child)
 
     def delete_snapshot(self, tenant: str, snapshot_id: str) -> bool:
+        self._remove_abandoned_partial(self._partial_root(tenant, snapshot_id))
         return self._delete_object("snapshot", tenant, snapshot_id)
 
     def _delete_object(self, kind: Kind, tenant: str, object_id: str) -> bool:
@@ -616,6 +791,7 @@ class LocalStorage(StorageBackend):
     # --- reading
 
     def list_files(self, kind: Kind, tenant: str, object_id: str, path: str = "") -> list[FileInfo]:
+        _refuse_upload_temp(path)
         root = self._existing_root(kind, tenant, object_id)
         root_real = os.path.realpath(root)
         real = resolve_inside(root_real, path, must_exist=True)
@@ -650,6 +826,7 @@ class LocalStorage(StorageBackend):
         return FileInfo.from_stat(display_path(parts), parts[-1], st)
 
     def stat_path(self, kind: Kind, tenant: str, object_id: str, path: str) -> FileInfo:
+        _refuse_upload_temp(path)
         root_real = os.path.realpath(self._existing_root(kind, tenant, object_id))
         real = resolve_inside(root_real, path, must_exist=True)
         return self._stat_parts(root_real, relative_parts(root_real, real))
@@ -657,6 +834,7 @@ class LocalStorage(StorageBackend):
     def open_file(self, kind: Kind, tenant: str, object_id: str, path: str) -> tuple[BinaryIO, int, str]:
         root = self._existing_root(kind, tenant, object_id)
         parts = clean_parts(path)
+        _refuse_upload_temp(path)
         with _translated(display_path(parts)):
             fd, st, _ = open_regular_file(root, path)
         return os.fdopen(fd, "rb"), st.st_size, parts[-1]
@@ -789,13 +967,16 @@ class LocalStorage(StorageBackend):
                 "destination_path is required when source_volume_path is a single file: it names the copy "
                 "inside the snapshot (for example 'config.json')."
             )
-        snap_root = self.object_root("snapshot", tenant, snapshot_id)
-        os.makedirs(os.path.dirname(snap_root), mode=self.dir_mode, exist_ok=True)
-        try:
-            os.mkdir(snap_root, 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(snap_root).st_mode) or os.listdir(snap_root):
-                raise FileExists(f"The snapshot directory for {snapshot_id!r} already exists.") from None
+        final = self.object_root("snapshot", tenant, snapshot_id)
+        os.makedirs(os.path.dirname(final), mode=self.dir_mode, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.lstat(final).st_mode) or os.listdir(final):
+                raise FileExists(f"The snapshot directory for {snapshot_id!r} already exists.")
+        # The copy goes to a hidden directory, locked while it fills, and is renamed into place only when
+        # complete: a process killed mid-copy leaves no half snapshot under the snapshot's name, and the lock
+        # tells the recovery that nobody copies any more (see snapshot_copy_state).
+        snap_root = self._partial_root(tenant, snapshot_id)
+        lock_fd = self._claim_partial(snap_root, snapshot_id)
         try:
             with _translated():
                 if is_dir:
@@ -804,10 +985,67 @@ class LocalStorage(StorageBackend):
                     copied = self._copy_single(src_root, source_path, snap_root, dest_parts, size_limit_bytes)
             os.chmod(snap_root, self.dir_mode)
             self._chmod_tree(snap_root, add=0, remove=0o222, files=True)
+            if self.fsync:
+                _fsync_tree(snap_root)
+            os.rename(snap_root, final)  # atomic; replaces an empty directory of that name
+            if self.fsync:
+                _fsync_dir(os.path.dirname(final))
             return copied
         except BaseException:
             self._rmtree(snap_root)
             raise
+        finally:
+            os.close(lock_fd)
+
+    def _partial_root(self, tenant: str, snapshot_id: str) -> str:
+        """Where a snapshot's copy is made (ids never start with '.', so no snapshot has this name)."""
+        final = self.object_root("snapshot", tenant, snapshot_id)
+        return os.path.join(os.path.dirname(final), f".partial-{snapshot_id}")
+
+    def _claim_partial(self, path: str, snapshot_id: str) -> int:
+        """Create ``path`` (removing an abandoned one) and return a descriptor holding its lock."""
+        for _ in range(2):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                if not self._remove_abandoned_partial(path):
+                    raise FileExists(f"Snapshot {snapshot_id!r} is being copied by another process.") from None
+                continue
+            fd = os.open(path, _DIR_FLAGS)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FileExists(f"Snapshot {snapshot_id!r} is being copied by another process.") from None
+            return fd
+        raise FileExists(f"Snapshot {snapshot_id!r} is being copied by another process.")
+
+    def _remove_abandoned_partial(self, path: str) -> bool:
+        """Remove a partial copy whose lock is free (its process died); False while a copy holds it."""
+        try:
+            fd = os.open(path, _DIR_FLAGS)
+        except FileNotFoundError:
+            return True
+        except OSError:  # not a directory: a stray entry
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._rmtree(path)  # while holding the lock: no copy can claim it meanwhile
+            return True
+        finally:
+            os.close(fd)
+
+    def snapshot_copy_state(self, tenant: str, snapshot_id: str) -> str:
+        """``copying`` (a live process holds the copy's lock), ``complete`` (the snapshot's directory is in
+        place) or ``absent`` (nothing, or only an abandoned partial copy, which is removed)."""
+        if self.exists("snapshot", tenant, snapshot_id):
+            return "complete"
+        return "absent" if self._remove_abandoned_partial(self._partial_root(tenant, snapshot_id)) else "copying"
 
     def _copy_single(
         self, src_root: str, source_path: str, snap_root: str, dest_parts: tuple[str, ...], limit: int
@@ -952,5 +1190,37 @@ class LocalStorage(StorageBackend):
                 names = os.listdir(base)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            found.extend(os.path.join(base, name) for name in names if name not in known)
+            # Names with a leading '.' are this module's own (a snapshot's copy in progress), never an object.
+            found.extend(os.path.join(base, name) for name in names if name not in known and name[:1] != ".")
         return sorted(found)
+
+    def clean_upload_leftovers(self, *, min_age_sec: float = 0.0) -> int:
+        """Remove the temporary files of uploads whose process died (their lock is free) and that were not
+        modified for ``min_age_sec``, in every volume; returns how many. Safe while other processes upload."""
+        removed = 0
+        now = time.time()
+        try:
+            tenants = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return 0
+        for tenant in tenants:
+            base = os.path.join(self.root, tenant, _SUBDIR["volume"])
+            try:
+                volumes = sorted(os.listdir(base))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for volume_id in volumes:
+                try:
+                    top = os.open(os.path.join(base, volume_id), _DIR_FLAGS)
+                except OSError:
+                    continue
+                try:
+                    for entry in _walk(top, max_depth=self.max_depth, hidden=True):
+                        if (stat.S_ISREG(entry.st.st_mode) and is_upload_temp(entry.name)
+                                and now - entry.st.st_mtime >= min_age_sec
+                                and _remove_if_unlocked(entry.parent_fd, entry.name, entry.st)):
+                            removed += 1
+                finally:
+                    os.close(top)
+        return removed
+

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+
+from fastapi import APIRouter, Request
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx, require_site_admin
-from openpods.api.envelope import Conflict, NotFound, ok
+from openpods.api.envelope import BadRequest, Conflict, NotFound, cap_messages, ok, validation_messages
 from openpods.domain.models import NewImage
 from openpods.store import repo
 from openpods.store.db import transaction
@@ -39,9 +42,28 @@ def add_image(ctx: Ctx, caller: Caller, body: NewImage) -> JSONResponse:
         return ok(image_view(row), f"Image '{body.image}' added to the allowlist.")
 
 
-@router.post("/bulk", operation_id="add_images", summary="add_images")
-def add_images(ctx: Ctx, caller: Caller, body: list[NewImage], skip_duplicates: bool = False) -> JSONResponse:
+_IMAGE_LIST = TypeAdapter(list[NewImage])
+
+
+# The body schema as FastAPI would publish it (NewImage is in the components: add_image uses it).
+_BULK_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "array", "items": {"$ref": "#/components/schemas/NewImage"}}}}}
+
+
+@router.post("/bulk", operation_id="add_images", summary="add_images", openapi_extra={"requestBody": _BULK_BODY})
+async def add_images(ctx: Ctx, caller: Caller, request: Request, skip_duplicates: bool = False) -> JSONResponse:
+    # Authorize first: only a site admin's body is read and validated (it is capped by max_request_body_bytes,
+    # and its error list by cap_messages).
     require_site_admin(caller)
+    raw = await request.body()
+    try:
+        body = _IMAGE_LIST.validate_json(raw or b"null")
+    except ValidationError as exc:
+        raise BadRequest(cap_messages(validation_messages(list(exc.errors(include_url=False))))) from None
+    return await asyncio.to_thread(_add_images, ctx, caller, body, skip_duplicates)
+
+
+def _add_images(ctx: Ctx, caller: Caller, body: list[NewImage], skip_duplicates: bool) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         added = []
         seen: set[str] = set()

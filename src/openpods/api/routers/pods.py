@@ -81,7 +81,7 @@ def check_effective(ctx: AppContext, s: Session, caller: Identity, pod: Pod) -> 
     errors = check_against_site({k: derived.get(k) for k in keys if derived.get(k) is not None}, ctx.limits)
     if errors:
         raise BadRequest([f"(from the template) {e}" for e in errors] if pod.template else errors)
-    check_image_allowed(s, ctx.settings, caller.tenant_id, derived.get("image") or "")
+    check_image_allowed(s, ctx.settings, caller.tenant_id, derived.get("image") or "", ctx=ctx)
     if derived.get("volume_mounts"):
         check_mount_access(s, caller, derived["volume_mounts"])
 

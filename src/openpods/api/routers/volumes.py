@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
 from openpods.api.deps import Caller, Ctx, check_level
-from openpods.api.envelope import BadRequest, Conflict, no_change, ok
+from openpods.api.envelope import BadRequest, Conflict, TapisError, no_change, ok
 from openpods.api.files import file_response, storage_errors
 from openpods.api.multipart import file_part_chunks
 from openpods.auth.tokens import Identity
@@ -101,7 +101,7 @@ def _create_volume(ctx: Any, caller: Identity, body: NewVolume) -> JSONResponse:
             if ctx.storage.exists("volume", caller.tenant_id, body.volume_id):
                 raise Conflict(f"Storage for volume '{body.volume_id}' already exists on disk (left from an "
                                "earlier volume); an operator must remove or rename it first.")
-            ctx.storage.create_volume(caller.tenant_id, body.volume_id)
+            ctx.storage.create_volume(caller.tenant_id, body.volume_id, size_limit_bytes=body.size_limit * MB)
         row.status = "AVAILABLE"
         return ok(volume_view(row), "Volume created successfully.")
 
@@ -124,11 +124,36 @@ def update_volume(ctx: Ctx, caller: Caller, volume_id: str, body: UpdateVolume) 
         changed = {k: v for k, v in sent.items() if getattr(row, k) != v}
         if not changed:
             return no_change(volume_view(row), "volume")
+        if "size_limit" in changed:
+            _apply_size_limit(ctx, s, row, changed["size_limit"])
         for key, value in changed.items():
             setattr(row, key, value)
         row.update_ts = repo.utcnow()
         _refresh_size(ctx, row)
         return ok(volume_view(row), "Volume updated successfully.")
+
+
+def _apply_size_limit(ctx: Any, s: Session, row: Volume, new_limit: int) -> None:
+    """A volume with its own filesystem is resized with its limit: a shrink needs the content to fit and, as it
+    is done unmounted, no pod that mounts the volume."""
+    if not ctx.storage.volume_limit_enforced(row.tenant_id, row.volume_id):
+        return
+    users = mounting_pods(ctx, s, row.tenant_id, "tapisvolume", row.volume_id)
+    if new_limit < row.size_limit:
+        used = ctx.storage.usage_bytes("volume", row.tenant_id, row.volume_id)
+        if used > new_limit * MB:
+            raise BadRequest([f"size_limit: the volume holds {-(-used // MB)} MB, more than {new_limit} MB."])
+        if users:
+            raise Conflict(f"Volume '{row.volume_id}' is mounted by pods that are not stopped: {users}; stop them "
+                           "to lower its size_limit.")
+    try:
+        with storage_errors():
+            ctx.storage.resize_volume(row.tenant_id, row.volume_id, new_limit * MB, offline_ok=not users)
+    except TapisError as exc:
+        if not users or exc.status_code != 503:
+            raise
+        raise Conflict(f"Volume '{row.volume_id}' cannot grow while pods mount it on this machine ({exc.message}); "
+                       f"stop {users} and try again.") from None
 
 
 @router.delete("/{volume_id}", operation_id="delete_volume", summary="delete_volume")
