@@ -140,17 +140,21 @@ class Settings(BaseSettings):
     )
     kubernetes_storage_pvc: str = Field(
         "",
-        description="PersistentVolumeClaim (ReadWriteMany) holding volumes and snapshots; the API pods mount it at "
-        "<data_dir>/storage and pods mount their part with subPath.",
+        description="PersistentVolumeClaim (ReadWriteMany, in kubernetes_namespace) that the API, spawner and "
+        "health pods mount at <data_dir>; volumes and snapshots live in its storage/ directory and each pod mounts "
+        "its part with subPath.",
     )
     kubernetes_storage_nfs_server: str = Field(
-        "", description="Instead of a claim: NFS server exporting the storage that the API pods mount at "
-        "<data_dir>/storage."
+        "", description="Instead of a claim: NFS server whose export (kubernetes_storage_nfs_path) the OpenPods "
+        "processes mount at <data_dir>."
     )
     kubernetes_storage_nfs_path: str = Field("", description="Exported path on kubernetes_storage_nfs_server.")
     kubernetes_proxy_pod_labels: dict[str, str] = Field(
         default_factory=lambda: {"app.kubernetes.io/component": "proxy"},
         description="Labels of the proxy (Traefik) pods: the only pods each pod's NetworkPolicy admits.",
+    )
+    kubernetes_proxy_namespace: str = Field(
+        "", description="Namespace of the proxy pods when it is not kubernetes_namespace; empty means the same."
     )
     kubernetes_gpus: bool = Field(False, description="The cluster schedules GPUs (kubernetes_gpu_resource).")
     kubernetes_gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")

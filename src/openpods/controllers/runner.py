@@ -84,17 +84,19 @@ async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
 
 
 def kubernetes_runtime(ctx: AppContext) -> Any:
-    """The KubernetesRuntime the ``kubernetes_*`` settings describe (volumes: the storage the API sees at
-    <data_dir>/storage is the claim or NFS export the pods mount)."""
+    """The KubernetesRuntime the ``kubernetes_*`` settings describe. Volumes: the claim (or NFS export) is
+    mounted at <data_dir> in the OpenPods pods, so a volume's directory <data_dir>/storage/… is the sub-path
+    storage/… of the claim, which is what each pod mounts."""
     from openpods.domain.k8s_manifests import KubeOptions
     from openpods.runtimes.kubernetes import KubernetesRuntime
 
     s = ctx.settings
     options = KubeOptions(
         namespace=s.kubernetes_namespace, run_as_non_root=s.kubernetes_run_as_non_root,
-        run_as_user=s.kubernetes_run_as_user, storage_root=str(s.data_dir / "storage"),
+        run_as_user=s.kubernetes_run_as_user, storage_root=str(s.data_dir),
         storage_pvc=s.kubernetes_storage_pvc, storage_nfs_server=s.kubernetes_storage_nfs_server,
         storage_nfs_path=s.kubernetes_storage_nfs_path, proxy_pod_labels=dict(s.kubernetes_proxy_pod_labels),
+        proxy_namespace=s.kubernetes_proxy_namespace,
         gpu_resource=s.kubernetes_gpu_resource, image_pull_policy=s.kubernetes_image_pull_policy,
         runtime_class_name=s.kubernetes_runtime_class,
     )

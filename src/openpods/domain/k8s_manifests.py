@@ -110,9 +110,11 @@ class KubeOptions:
     - ``run_as_non_root`` / ``run_as_user``: enforce a non-root user (images that need root then fail to start,
       which is the point); ``run_as_user`` 0 means "the image's user".
     - ``capabilities``: added back after dropping ALL (ignored with ``run_as_non_root``: a non-root user needs none).
-    - ``storage_root``: the directory at which the API processes see the shared storage (MountSpec sources
-      live below it); ``storage_pvc``: the claim that holds it; or ``storage_nfs_server``/``storage_nfs_path``.
-    - ``proxy_pod_labels``: labels of the proxy's (Traefik's) pods, the only ones the NetworkPolicy admits.
+    - ``storage_root``: the directory at which the API processes mount the shared storage (MountSpec sources
+      live below it; sub-paths are relative to it); ``storage_pvc``: the claim that holds it; or
+      ``storage_nfs_server``/``storage_nfs_path``.
+    - ``proxy_pod_labels``: labels of the proxy's (Traefik's) pods, the only ones the NetworkPolicy admits;
+      ``proxy_namespace``: their namespace when it is not ``namespace``.
     - ``gpu_resource``: extended resource name of GPUs.
     - ``image_pull_policy``, ``runtime_class_name`` (e.g. "nvidia" or "gvisor"), ``service_account`` (the
       pods' service account; its token is never mounted).
@@ -127,6 +129,7 @@ class KubeOptions:
     storage_nfs_server: str = ""
     storage_nfs_path: str = ""
     proxy_pod_labels: Mapping[str, str] = field(default_factory=lambda: {"app.kubernetes.io/component": "proxy"})
+    proxy_namespace: str = ""
     gpu_resource: str = "nvidia.com/gpu"
     image_pull_policy: str = "IfNotPresent"
     runtime_class_name: str = ""
@@ -344,8 +347,11 @@ def network_policy_manifest(name: str, spec: ContainerSpec, opts: KubeOptions,
     published = sorted({p.container_port for p in spec.ports if p.publish})
     ingress: list[dict[str, Any]] = []
     if published:
+        peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(opts.proxy_pod_labels)}}
+        if opts.proxy_namespace and opts.proxy_namespace != opts.namespace:
+            peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": opts.proxy_namespace}}
         ingress.append({
-            "from": [{"podSelector": {"matchLabels": dict(opts.proxy_pod_labels)}}],
+            "from": [peer],
             "ports": [{"protocol": "TCP", "port": p} for p in published],
         })
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
