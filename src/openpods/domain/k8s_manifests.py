@@ -51,6 +51,7 @@ LABEL_OBJECT = "openpods.object"
 ANNOTATION_CONTAINER_NAME = "openpods.container-name"
 CONTAINER = "pod"  # name of the one container of every Pod
 MAX_NAME = 63  # DNS-1123/1035 label: Service names must be labels, and we use one name for all objects
+# Every object uses only GA APIs (v1, apps/v1, networking.k8s.io/v1, rbac.authorization.k8s.io/v1).
 SUPPORTED_KUBERNETES_VERSIONS = ("1.29", "1.30", "1.31", "1.32", "1.33", "1.34", "1.35", "1.36", "1.37")
 DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE", "KILL")
 
