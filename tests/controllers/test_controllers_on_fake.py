@@ -158,42 +158,108 @@ async def test_delete_removes_the_container(site: dict[str, Any]) -> None:
     assert container_name(ctx.settings.default_tenant, "gone") not in engine.containers
 
 
-async def test_kubernetes_pod_is_routed_to_its_service(site: dict[str, Any]) -> None:
-    """Spawner and health on the Kubernetes runtime (emulated cluster): the pod becomes AVAILABLE and the
-    proxy's dynamic config routes its stanza to <service>.<namespace>.svc:<port> (not to 127.0.0.1)."""
+@pytest.fixture
+async def cluster(site: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """The site's runtime switched to Kubernetes (runtime = kubernetes) against the emulated cluster, with the
+    shared storage as a claim (kubernetes_storage_pvc) mounted at the data dir."""
     import kmock
 
     from openpods.controllers.runner import kubernetes_runtime
-    from openpods.services.proxy import DynamicConfig
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
     from kube_sim import KubeSim
 
-    ctx, client = site["ctx"], site["client"]
+    ctx = site["ctx"]
     engine = FakeEngine()
     sim = KubeSim()
     sim.attach(engine)
     async with sim, kmock.Server(sim) as server:
-        ctx.settings = ctx.settings.model_copy(update={"kubernetes_api_url": str(server.url).rstrip("/"),
-                                                        "kubernetes_namespace": "pods"})
+        ctx.settings = ctx.settings.model_copy(update={
+            "runtime": "kubernetes", "kubernetes_api_url": str(server.url).rstrip("/"),
+            "kubernetes_namespace": "pods", "kubernetes_storage_pvc": "openpods-storage"})
         ctx.runtime = kubernetes_runtime(ctx)
         try:
-            await create_pod(client, "webpod", image="http", networking={"web": {"protocol": "http", "port": 5000}})
-            await Spawner(ctx).pass_once()
-            for _ in range(50):
-                await Health(ctx).pass_once()
-                if pod(ctx, "webpod").status == st.AVAILABLE:
-                    break
-            row = pod(ctx, "webpod")
-            assert row.status == st.AVAILABLE
-            backend = row.host_ports["web"]
-            assert isinstance(backend, str) and backend.endswith(".pods.svc:5000")
-            with ctx.sessions() as s:
-                body = json.loads(DynamicConfig().body(s, ctx.settings, ctx.proxy_secret))
-            urls = [srv["url"] for svc in body["http"]["services"].values() for srv in svc["loadBalancer"]["servers"]]
-            assert f"http://{backend}" in urls
-            assert sim.list_calls and all("openpods.managed=true" in sel for sel in sim.list_calls)
+            yield {**site, "sim": sim, "k8s_engine": engine}
         finally:
             await ctx.runtime.close()
             await sim.stop()
             await stop_all(engine)
+
+
+async def until_status(ctx: AppContext, pod_id: str, status: str) -> Pod:
+    for _ in range(100):
+        await Health(ctx).pass_once()
+        if pod(ctx, pod_id).status == status:
+            break
+    return pod(ctx, pod_id)
+
+
+def k8s_objects(sim: Any, plural: str) -> list[dict[str, Any]]:
+    return [obj.raw for (res, _ns, _name), obj in sim.objects.items() if res.plural == plural and not obj.deleted]
+
+
+async def test_kubernetes_pod_is_routed_to_its_service(cluster: dict[str, Any]) -> None:
+    """Spawner and health on the Kubernetes runtime (emulated cluster): the pod becomes AVAILABLE and the
+    proxy's dynamic config routes its stanza to <service>.<namespace>.svc:<port> (not to 127.0.0.1)."""
+    from openpods.services.proxy import DynamicConfig
+
+    ctx, client, sim = cluster["ctx"], cluster["client"], cluster["sim"]
+    await create_pod(client, "webpod", image="http", networking={"web": {"protocol": "http", "port": 5000}})
+    await Spawner(ctx).pass_once()
+    row = await until_status(ctx, "webpod", st.AVAILABLE)
+    assert row.status == st.AVAILABLE
+    backend = row.host_ports["web"]
+    assert isinstance(backend, str) and backend.endswith(".pods.svc:5000")
+    with ctx.sessions() as s:
+        body = json.loads(DynamicConfig().body(s, ctx.settings, ctx.proxy_secret))
+    urls = [srv["url"] for svc in body["http"]["services"].values() for srv in svc["loadBalancer"]["servers"]]
+    assert f"http://{backend}" in urls
+    assert sim.list_calls and all("openpods.managed=true" in sel for sel in sim.list_calls)
+    [service] = k8s_objects(sim, "services")
+    assert backend.startswith(service["metadata"]["name"] + ".pods.svc")
+    assert service["metadata"]["ownerReferences"][0]["kind"] == "Pod"  # collected with the pod
+
+
+async def test_kubernetes_volume_is_the_shared_claim_at_the_volume_sub_path(cluster: dict[str, Any]) -> None:
+    """A file uploaded to a volume through the API lands in the claim at storage/<tenant>/volumes/<id>, which
+    is exactly the subPath the pod mounts; a snapshot is mounted read-only the same way."""
+    ctx, client, sim = cluster["ctx"], cluster["client"], cluster["sim"]
+    tenant = ctx.settings.default_tenant
+    assert (await client.post("/v3/pods/volumes", json={"volume_id": "vol1"})).status_code == 200
+    r = await client.post("/v3/pods/volumes/vol1/upload/data/hello.txt", files={"file": ("hello.txt", b"hi there")})
+    assert r.status_code == 200, r.text
+    await create_pod(client, "withvol", volume_mounts={"vol1": {"type": "tapisvolume", "mount_path": "/work"}})
+    await Spawner(ctx).pass_once()
+    assert pod(ctx, "withvol").status == st.CREATING, pod(ctx, "withvol").status_container
+    [k8s_pod] = [p for p in k8s_objects(sim, "pods") if p["metadata"]["labels"]["openpods.pod_id"] == "withvol"]
+    spec = k8s_pod["spec"]
+    assert spec["volumes"] == [{"name": "storage", "persistentVolumeClaim": {"claimName": "openpods-storage"}}]
+    [mount] = spec["containers"][0]["volumeMounts"]
+    assert mount == {"name": "storage", "mountPath": "/work", "subPath": f"storage/{tenant}/volumes/vol1",
+                     "readOnly": False}
+    # the API's view of the claim (mounted at the data dir) holds the uploaded file at that sub-path
+    assert (ctx.settings.data_dir / mount["subPath"] / "data" / "hello.txt").read_bytes() == b"hi there"
+
+
+async def test_kubernetes_watch_wakes_the_health_loop(cluster: dict[str, Any]) -> None:
+    import asyncio
+
+    from openpods.bus.base import HEALTH
+    from openpods.controllers.runner import wake_health_on_changes
+
+    ctx, client, engine = cluster["ctx"], cluster["client"], cluster["k8s_engine"]
+    await ctx.bus.start()
+    await create_pod(client, "watched", image="http")
+    await Spawner(ctx).pass_once()
+    watcher = asyncio.create_task(wake_health_on_changes(ctx, debounce_sec=0.01))
+    try:
+        await asyncio.sleep(0.3)
+        await ctx.bus.wait(HEALTH, 0)  # drop the spawner's wake-up and the watch's initial events
+        assert await ctx.bus.wait(HEALTH, 0.2) == []
+        [name] = list(engine.containers)
+        engine.crash(name, 137)  # the kubelet reports it through the API; nothing else publishes
+        assert await ctx.bus.wait(HEALTH, 30)
+        row = await until_status(ctx, "watched", st.ERROR)
+        assert "137" in row.status_container["message"]
+    finally:
+        watcher.cancel()

@@ -375,10 +375,12 @@ class KubernetesRuntime(Runtime):
         """Call ``on_change`` whenever a managed pod is added, changed or deleted; runs until cancelled.
         Only a wake-up: the health loop still lists (level-triggered), so a missed event costs nothing."""
         while True:
+            started = time.monotonic()
             try:
                 core = await self._core()
+                # watch="true" as kubectl sends it (the generated client would send "True").
                 resp = await core.list_namespaced_pod(self.namespace, label_selector=managed_selector(
-                    self.installation_id), watch=True, timeout_seconds=300, _preload_content=False)
+                    self.installation_id), watch="true", timeout_seconds=300, _preload_content=False)
                 async with resp:
                     async for line in resp.content:
                         if line.strip():
@@ -386,8 +388,11 @@ class KubernetesRuntime(Runtime):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("pod watch ended: %s", exc)
-            await asyncio.sleep(retry_sec)
+                log.info("pod watch ended, restarting in %g s: %s", retry_sec, exc)
+            else:
+                if time.monotonic() - started > retry_sec:
+                    continue  # the server ended a long watch (timeoutSeconds): start the next one at once
+            await asyncio.sleep(retry_sec)  # never a hot loop against a server that ends watches at once
 
     async def observe(self, name: str) -> ContainerState:
         pod = await self._get_pod(self._object(name))
