@@ -175,3 +175,27 @@ def test_existing_secrets_and_generated_ones() -> None:
 def test_missing_or_inconsistent_values_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message.replace(".", r"\.")):
         render(values)
+
+
+def test_data_dir_on_a_mounted_claim_the_process_does_not_own(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart mounts the claim at the data dir and runs as uid 10001 with fsGroup: the volume is writable
+    but owned by root, so chmod 0700 fails with EPERM. Startup must go on (it used to crash)."""
+    import os
+
+    from openpods.bootstrap import build_context
+
+    real_chmod = os.chmod
+    data = tmp_path / "data"
+
+    def chmod(path: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == data:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        real_chmod(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    ctx = build_context(Settings(data_dir=data, runtime="none"))
+    try:
+        assert ctx.installation_id
+    finally:
+        ctx.engine.dispose()
