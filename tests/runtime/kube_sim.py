@@ -42,6 +42,9 @@ class KubeSim(kmock.KubernetesEmulator):
     def attach(self, engine: FakeEngine) -> None:
         self.engine = engine
         self.list_calls: list[str] = []  # label selectors of pod list calls
+        self.requests_seen: list[tuple[str, str]] = []  # (method, path) of every API call
+        self.faults: list[tuple[str, re.Pattern[str], int]] = []  # (method, path regex, status): answered once
+        self.hold_images: set[str] = set()  # images the kubelet never starts (pods stay ContainerCreating)
         self.pods_ns: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         engine.on_change.append(self._container_changed)
@@ -57,7 +60,16 @@ class KubeSim(kmock.KubernetesEmulator):
             meta.setdefault("creationTimestamp", _now())
         return await super()._handle(request)
 
+    def fail_next(self, method: str, path_regex: str, status: int) -> None:
+        self.faults.append((method, re.compile(path_regex), status))
+
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        self.requests_seen.append((raw.method, raw.path))
+        for fault in self.faults:
+            if fault[0] == raw.method and fault[1].search(raw.path):
+                self.faults.remove(fault)
+                return aiohttp.web.json_response({"kind": "Status", "status": "Failure", "code": fault[2],
+                                                  "message": f"injected {fault[2]}"}, status=fault[2])
         m = _SUB.match(raw.path)
         if m:
             ns, name, what = m.groups()
@@ -106,6 +118,10 @@ class KubeSim(kmock.KubernetesEmulator):
         self.pods_ns[name] = ns
         if image not in self.engine.images:
             waiting = {"waiting": {"reason": "ErrImagePull", "message": f"image {image} not found"}}
+            self._spawn(self._patch_status(ns, name, self._status("Pending", image, waiting)))
+            return
+        if image in self.hold_images:
+            waiting = {"waiting": {"reason": "ContainerCreating"}}
             self._spawn(self._patch_status(ns, name, self._status("Pending", image, waiting)))
             return
         c = self.engine.create(name, image, argv, identity_from_metadata(meta), {}, [])

@@ -223,3 +223,14 @@ def test_state_from_pod_maps_kubelet_states() -> None:
     assert state_from_pod({**base, "status": {"phase": "Pending"}}, "openpods").state == "created"
     gone = state_from_pod({"metadata": {**objs.pod["metadata"], "deletionTimestamp": "x"}}, "openpods")
     assert gone.state == "unknown" and gone.message == "terminating"
+
+
+def test_network_policy_admits_a_proxy_in_another_namespace() -> None:
+    opts = KubeOptions(namespace="user-pods", proxy_namespace="openpods", storage_root=ROOT, storage_pvc="c",
+                       proxy_pod_labels={"app.kubernetes.io/component": "proxy", "app.kubernetes.io/instance": "op"})
+    [rule] = build_pod_objects(spec(), opts).network_policy["spec"]["ingress"]
+    assert rule["from"] == [{
+        "podSelector": {"matchLabels": {"app.kubernetes.io/component": "proxy", "app.kubernetes.io/instance": "op"}},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openpods"}}}]
+    for version in k8s_schemas.schema_versions(SUPPORTED_KUBERNETES_VERSIONS):
+        k8s_schemas.validate(build_pod_objects(spec(), opts).network_policy, version)

@@ -9,8 +9,8 @@ Semantics, against the :class:`~openpods.runtimes.base.Runtime` docstrings:
 - Names: every object of a container is named :func:`~openpods.domain.k8s_manifests.object_name` (tenant, pod
   id and installation, DNS-safe, <= 63 characters, hashed when longer); the container name the controllers
   use is kept in an annotation and reported back as ``ContainerState.name``.
-- ``ensure_running`` creates the Pod (``restartPolicy: Never``), then its Secret, Service and NetworkPolicy
-  owned by it; an existing Pod of the same instance is returned as it is, one of another instance is deleted
+- ``ensure_running`` creates the NetworkPolicy (so the pod is never reachable without it), the Pod
+  (``restartPolicy: Never``), then its Secret and Service, all three owned by the Pod; an existing Pod of the same instance is returned as it is, one of another instance is deleted
   first (its replacement is created once it is gone). It waits up to ``start_wait_sec`` for the kubelet to
   start the container: an image that cannot be pulled is ImageNotFound (and the objects are removed); a pod
   still pending after that is returned as ``created`` (the health loop's deadline covers it).
@@ -274,11 +274,13 @@ class KubernetesRuntime(Runtime):
         if existing is not None:
             labels = identity_from_metadata(existing.get("metadata") or {})
             if labels.get(LABEL_INSTANCE) == spec.instance_id and not existing["metadata"].get("deletionTimestamp"):
-                await self._ensure_dependents(objs, existing)  # a crash may have left them missing
+                await self._ensure_dependents(objs, existing, spec.instance_id)  # a crash may have left some out
                 return state_from_pod(existing, self.namespace)
             await self._delete_all(objs.name, grace_sec=0)
             if not await self._wait_gone(objs.name, 10.0):
                 raise RuntimeErrorTemporary(f"{spec.name}: the previous instance is still terminating")
+        # The NetworkPolicy first: the pod is never reachable without it (it gains its owner below).
+        await self._put(objs.network_policy, spec.instance_id)
         try:
             created = await self._call(f"create pod {objs.name}", core.create_namespaced_pod, self.namespace, objs.pod)
         except RuntimeErrorTemporary:
@@ -288,29 +290,52 @@ class KubernetesRuntime(Runtime):
                 raise
         except RuntimeErrorPermanent as exc:  # 422: the API server refused the manifest
             raise RuntimeErrorPermanent(f"{spec.name}: {exc.message}") from None
-        await self._ensure_dependents(objs, created)
+        await self._ensure_dependents(objs, created, spec.instance_id)
         return await self._await_start(objs.name, created)
 
-    async def _ensure_dependents(self, objs: Any, pod: dict[str, Any]) -> None:
-        owner = {"name": objs.name, "uid": (pod.get("metadata") or {}).get("uid", "")}
+    async def _kind_api(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any],
+                                                  Callable[..., Any]]:
+        """(create, read, delete, patch) of a dependent kind."""
         core = await self._core()
         net = await self._net()
-        for manifest in objs.dependents(owner if owner["uid"] else None):
-            kind = manifest["kind"]
-            create, delete = {
-                "Secret": (core.create_namespaced_secret, core.delete_namespaced_secret),
-                "Service": (core.create_namespaced_service, core.delete_namespaced_service),
-                "NetworkPolicy": (net.create_namespaced_network_policy, net.delete_namespaced_network_policy),
-            }[kind]
-            what = f"create {kind.lower()} {objs.name}"
-            try:
-                await self._call(what, create, self.namespace, manifest)
-            except RuntimeErrorTemporary as exc:
-                if "HTTP 409" not in exc.message:
-                    raise
-                # Left by an earlier attempt (maybe of another instance): replace it.
-                await self._call(f"delete {kind.lower()}", delete, objs.name, self.namespace, ok404=True)
-                await self._call(what, create, self.namespace, manifest)
+        return {
+            "Secret": (core.create_namespaced_secret, core.read_namespaced_secret, core.delete_namespaced_secret,
+                       core.patch_namespaced_secret),
+            "Service": (core.create_namespaced_service, core.read_namespaced_service,
+                        core.delete_namespaced_service, core.patch_namespaced_service),
+            "NetworkPolicy": (net.create_namespaced_network_policy, net.read_namespaced_network_policy,
+                              net.delete_namespaced_network_policy, net.patch_namespaced_network_policy),
+        }[kind]
+
+    async def _put(self, manifest: dict[str, Any], instance: str) -> None:
+        """Create one dependent object. One already there for the same instance (an earlier, interrupted
+        attempt) is kept (gaining its ownerReference if it lacks one); one of another instance is replaced."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        create, read, delete, patch = await self._kind_api(kind)
+        what = f"create {kind.lower()} {name}"
+        try:
+            await self._call(what, create, self.namespace, manifest)
+            return
+        except RuntimeErrorTemporary as exc:
+            if "HTTP 409" not in exc.message:
+                raise
+        current = await self._call(f"read {kind.lower()} {name}", read, name, self.namespace, ok404=True)
+        meta = (current or {}).get("metadata") or {}
+        if current is not None and identity_from_metadata(meta).get(LABEL_INSTANCE) == instance:
+            owners = manifest["metadata"].get("ownerReferences")
+            if owners and meta.get("ownerReferences") != owners:
+                await self._call(f"own {kind.lower()} {name}", patch, name, self.namespace,
+                                 {"metadata": {"ownerReferences": owners}},
+                                 _content_type="application/merge-patch+json")
+            return
+        await self._call(f"delete {kind.lower()} {name}", delete, name, self.namespace, ok404=True)
+        await self._call(what, create, self.namespace, manifest)
+
+    async def _ensure_dependents(self, objs: Any, pod: dict[str, Any] | None, instance: str) -> None:
+        """Secret, Service and NetworkPolicy of ``objs``, owned by ``pod`` (without an owner when None)."""
+        uid = ((pod or {}).get("metadata") or {}).get("uid", "")
+        for manifest in objs.dependents({"name": objs.name, "uid": uid} if uid else None):
+            await self._put(manifest, instance)
 
     async def _await_start(self, obj: str, pod: dict[str, Any]) -> ContainerState:
         deadline = time.monotonic() + self._start_wait
