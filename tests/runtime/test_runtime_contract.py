@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from openpods.domain.container_spec import LABEL_INSTALLATION, ContainerSpec, build_container_spec
+from openpods.domain.container_spec import LABEL_INSTALLATION, ContainerSpec, Ulimit, build_container_spec
 from openpods.runtimes.base import (
     BadDestination,
     ContainerNotFound,
@@ -39,6 +39,7 @@ from kube_sim import KubeSim
 IMAGE = "localhost/openpods-test/{}:latest"
 INSTALLATION = "c0ffee0123456789"
 WAIT_BOUND_SEC = 60.0
+DOCKER_ULIMITS = (Ulimit("nofile", 20000, 20000), Ulimit("nproc", 32768, 32768))  # as tests/runtime/conftest.py
 
 
 @dataclass
@@ -77,8 +78,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         runtime = request.getfixturevalue("runtime")  # session DockerRuntime on real Podman, images built
         url = request.getfixturevalue("engine_url")
         tenant = request.getfixturevalue("tenant")  # the session fixture removes its containers at the end
-        yield Backend(kind, runtime, lambda: track(DockerRuntime(url, default_ulimits=runtime._default_ulimits)),
-                      tenant)
+        yield Backend(kind, runtime, lambda: track(DockerRuntime(url, default_ulimits=DOCKER_ULIMITS)), tenant)
     else:
         import kmock
 
