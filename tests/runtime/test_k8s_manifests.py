@@ -196,6 +196,11 @@ def test_storage_sub_paths_keep_the_path_safety_rules() -> None:
             storage_sub_path(bad, ROOT)
     with pytest.raises(ValueError):
         storage_sub_path(f"{ROOT}/a", "")
+    # with a prefix (the data dir holds keys next to storage/): only storage/… may be mounted
+    assert storage_sub_path("/data/storage/t/volumes/v", "/data", "storage") == "storage/t/volumes/v"
+    for outside in ("/data/keys", "/data/keys/secret", "/data/storage", "/data/storagex/a"):
+        with pytest.raises(ValueError):
+            storage_sub_path(outside, "/data", "storage")
     mounts = build_pod_objects(spec(), OPTS).pod["spec"]["containers"][0]["volumeMounts"]
     assert mounts == [
         {"name": "storage", "mountPath": "/var/lib/postgresql/data", "subPath": "tacc/volumes/v1", "readOnly": False},

@@ -93,7 +93,7 @@ def kubernetes_runtime(ctx: AppContext) -> Any:
     s = ctx.settings
     options = KubeOptions(
         namespace=s.kubernetes_namespace, run_as_non_root=s.kubernetes_run_as_non_root,
-        run_as_user=s.kubernetes_run_as_user, storage_root=str(s.data_dir),
+        run_as_user=s.kubernetes_run_as_user, storage_root=str(s.data_dir), storage_prefix="storage",
         storage_pvc=s.kubernetes_storage_pvc, storage_nfs_server=s.kubernetes_storage_nfs_server,
         storage_nfs_path=s.kubernetes_storage_nfs_path, proxy_pod_labels=dict(s.kubernetes_proxy_pod_labels),
         proxy_namespace=s.kubernetes_proxy_namespace,

@@ -112,7 +112,8 @@ class KubeOptions:
       which is the point); ``run_as_user`` 0 means "the image's user".
     - ``capabilities``: added back after dropping ALL (ignored with ``run_as_non_root``: a non-root user needs none).
     - ``storage_root``: the directory at which the API processes mount the shared storage (MountSpec sources
-      live below it; sub-paths are relative to it); ``storage_pvc``: the claim that holds it; or
+      live below it; sub-paths are relative to it); ``storage_prefix``: the only directory below it that pods
+      may mount from (e.g. ``storage``: never the keys next to it); ``storage_pvc``: the claim that holds it; or
       ``storage_nfs_server``/``storage_nfs_path``.
     - ``proxy_pod_labels``: labels of the proxy's (Traefik's) pods, the only ones the NetworkPolicy admits;
       ``proxy_namespace``: their namespace when it is not ``namespace``.
@@ -126,6 +127,7 @@ class KubeOptions:
     run_as_user: int = 0
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     storage_root: str = ""
+    storage_prefix: str = ""
     storage_pvc: str = ""
     storage_nfs_server: str = ""
     storage_nfs_path: str = ""
@@ -195,9 +197,10 @@ def _owner_reference(owner: Mapping[str, str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ storage
 
 
-def storage_sub_path(source: str, storage_root: str) -> str:
+def storage_sub_path(source: str, storage_root: str, prefix: str = "") -> str:
     """The ``subPath`` of ``source`` (an absolute path the API sees) inside the shared storage mounted at
-    ``storage_root``: normalized, relative, never ``..``. Raises ValueError for a source outside the root."""
+    ``storage_root``: normalized, relative, never ``..``, and below ``prefix`` when one is given. Raises
+    ValueError for a source outside the root (or the prefix)."""
     if not storage_root or not storage_root.startswith("/"):
         raise ValueError("Kubernetes volume mounts need kubernetes_storage_root (an absolute path)")
     root = posixpath.normpath(storage_root)
@@ -207,6 +210,8 @@ def storage_sub_path(source: str, storage_root: str) -> str:
     rel = posixpath.relpath(src, root)
     if rel == "." or rel.startswith("..") or posixpath.isabs(rel) or any(p in ("", ".", "..") for p in rel.split("/")):
         raise ValueError(f"mount source {source!r} is not inside the shared storage {root}")
+    if prefix and not rel.startswith(prefix.strip("/") + "/"):
+        raise ValueError(f"mount source {source!r} is not below {posixpath.join(root, prefix)}")
     return rel
 
 
@@ -215,7 +220,7 @@ def _volumes(spec: ContainerSpec, opts: KubeOptions) -> tuple[list[dict[str, Any
         return [], []
     mounts: list[dict[str, Any]] = []
     for m in spec.mounts:
-        sub = storage_sub_path(m.source, opts.storage_root)
+        sub = storage_sub_path(m.source, opts.storage_root, opts.storage_prefix)
         mounts.append({"name": "storage", "mountPath": m.target, "subPath": sub, "readOnly": m.read_only})
     if opts.storage_pvc:
         source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": opts.storage_pvc}}
