@@ -199,3 +199,46 @@ def test_data_dir_on_a_mounted_claim_the_process_does_not_own(tmp_path: Path,
         assert ctx.installation_id
     finally:
         ctx.engine.dispose()
+
+
+def test_shared_keys_come_from_the_release_secret_and_existing_ones_win(tmp_path: Path) -> None:
+    """Replicas starting together on a fresh claim must not each make their own signing/encryption keys: the
+    init container copies the release Secret's keys where missing (run here with a real sh), and OpenPods
+    then uses them; an installation that already has keys keeps them."""
+    import base64
+    import subprocess
+
+    from cryptography.fernet import Fernet
+
+    from openpods.bootstrap import build_context
+
+    docs = render(REQUIRED)
+    secret = find(docs, "Secret", "op-openpods-secrets")["data"]
+    keys_src = tmp_path / "secret"
+    keys_src.mkdir()
+    for name in ("jwt-signing-key.pem", "secrets.key"):
+        (keys_src / name).write_bytes(base64.b64decode(secret[name]))
+    Fernet((keys_src / "secrets.key").read_text().encode())  # a valid Fernet key
+    pod = find(docs, "Deployment", "op-openpods-api")["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    script = init["command"][2].replace("cp /keys/", f"cp {keys_src}/").replace("/data", str(tmp_path / "data"))
+    for _ in range(2):  # a second replica (or a restart) changes nothing
+        subprocess.run(["sh", "-c", script], check=True)
+    keys = tmp_path / "data" / "keys"
+    assert (keys / "secrets.key").read_bytes() == (keys_src / "secrets.key").read_bytes()
+
+    contexts = [build_context(Settings(data_dir=tmp_path / "data", runtime="none",
+                                       database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")) for _ in range(2)]
+    try:
+        a, b = contexts
+        assert b.secrets.decrypt(a.secrets.encrypt("pod credential")) == "pod credential"
+        token = a.tokens.issue("default", "admin")["access_token"]
+        assert b.tokens.verify(token) is not None
+    finally:
+        for ctx in contexts:
+            ctx.engine.dispose()
+
+    # keys already on the claim are kept
+    (keys / "secrets.key").write_text("existing-key")
+    subprocess.run(["sh", "-c", script], check=True)
+    assert (keys / "secrets.key").read_text() == "existing-key"

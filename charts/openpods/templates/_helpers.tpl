@@ -68,6 +68,28 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+initContainers:
+  # Shared keys from the release Secret, copied only where missing (copies from one Secret are identical,
+  # so replicas starting together agree).
+  - name: keys
+    image: {{ include "openpods.image" $root | quote }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    command:
+      - sh
+      - -c
+      - mkdir -p /data/keys && chmod 700 /data/keys && for f in jwt-signing-key.pem secrets.key; do
+        [ -e /data/keys/$f ] || { cp /keys/$f /data/keys/.$f.tmp && chmod 600 /data/keys/.$f.tmp &&
+        mv -n /data/keys/.$f.tmp /data/keys/$f; rm -f /data/keys/.$f.tmp; }; done
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {drop: [ALL]}
+    resources:
+      requests: {cpu: 10m, memory: 16Mi}
+      limits: {cpu: 100m, memory: 64Mi}
+    volumeMounts:
+      - {name: data, mountPath: /data}
+      - {name: keys, mountPath: /keys, readOnly: true}
 containers:
   - name: {{ $role }}
     image: {{ include "openpods.image" $root | quote }}
@@ -118,4 +140,11 @@ volumes:
     {{- end }}
   - name: tmp
     emptyDir: {}
+  - name: keys
+    secret:
+      secretName: {{ include "openpods.fullname" $root }}-secrets
+      defaultMode: 0400
+      items:
+        - {key: jwt-signing-key.pem, path: jwt-signing-key.pem}
+        - {key: secrets.key, path: secrets.key}
 {{- end -}}
