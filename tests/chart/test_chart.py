@@ -171,6 +171,9 @@ def test_existing_secrets_and_generated_ones() -> None:
     ({"rabbitmq": REQUIRED["rabbitmq"]}, "postgresql.url"),
     ({"postgresql": REQUIRED["postgresql"]}, "rabbitmq.url"),
     ({**REQUIRED, "pods": {"namespace": "elsewhere"}}, "pods.namespace"),
+    ({**REQUIRED, "api": {"replicas": "two"}}, "replicas"),  # values.schema.json
+    ({**REQUIRED, "pods": {"imagePullPolicy": "Sometimes"}}, "imagePullPolicy"),
+    ({**REQUIRED, "extraEnv": {"CPU_MAX": "8000"}}, "OPENPODS_"),
 ])
 def test_missing_or_inconsistent_values_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message.replace(".", r"\.")):
