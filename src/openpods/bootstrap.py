@@ -33,7 +33,11 @@ def make_bus(settings: Settings) -> Bus:
 
 def build_context(settings: Settings, *, migrate: bool = True, bus: Bus | None = None) -> AppContext:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(settings.data_dir, 0o700)
+    try:
+        os.chmod(settings.data_dir, 0o700)
+    except PermissionError:  # a mounted volume we may write but do not own (Kubernetes claim, fsGroup)
+        log.warning("cannot restrict %s to mode 0700 (not its owner); its mount must protect it",
+                    settings.data_dir)
     engine = db.make_engine(settings.effective_database_url)
     if migrate:
         db.upgrade(engine)

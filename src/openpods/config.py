@@ -152,7 +152,62 @@ class Settings(BaseSettings):
     logs_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Container log bytes kept per pod.")
 
     # --- controllers
-    runtime: Literal["docker", "none"] = Field("docker", description="Container runtime backend.")
+    runtime: Literal["docker", "kubernetes", "none"] = Field(
+        "docker",
+        description="Container runtime backend: 'docker' (a Docker Engine API: Docker or Podman), 'kubernetes' "
+        "(pods in a namespace of a cluster; see the kubernetes_* settings) or 'none'.",
+    )
+    kubernetes_namespace: str = Field(
+        "openpods", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63,
+        description="Kubernetes namespace of the pods (runtime = kubernetes).",
+    )
+    kubernetes_kubeconfig: str = Field(
+        "",
+        description="Path of a kubeconfig file; empty means the pod's service account when running in a cluster, "
+        "else ~/.kube/config (or $KUBECONFIG).",
+    )
+    kubernetes_context: str = Field("", description="kubeconfig context; empty means the current one.")
+    kubernetes_api_url: str = Field(
+        "", description="Kubernetes API server URL overriding the kubeconfig's (e.g. http://127.0.0.1:8001 of "
+        "`kubectl proxy`); empty means from the kubeconfig / service account."
+    )
+    kubernetes_run_as_non_root: bool = Field(
+        False, description="Pods must run as a non-root user (runAsNonRoot; images that need root fail to start)."
+    )
+    kubernetes_run_as_user: int = Field(
+        0, ge=0, description="With kubernetes_run_as_non_root: the user id to run as; 0 means the image's user."
+    )
+    kubernetes_storage_pvc: str = Field(
+        "",
+        description="PersistentVolumeClaim (ReadWriteMany, in kubernetes_namespace) that the API, spawner and "
+        "health pods mount at <data_dir>; volumes and snapshots live in its storage/ directory and each pod mounts "
+        "its part with subPath.",
+    )
+    kubernetes_storage_nfs_server: str = Field(
+        "", description="Instead of a claim: NFS server whose export (kubernetes_storage_nfs_path) the OpenPods "
+        "processes mount at <data_dir>."
+    )
+    kubernetes_storage_nfs_path: str = Field("", description="Exported path on kubernetes_storage_nfs_server.")
+    kubernetes_proxy_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/component": "proxy"},
+        description="Labels of the proxy (Traefik) pods: the only pods each pod's NetworkPolicy admits.",
+    )
+    kubernetes_proxy_namespace: str = Field(
+        "", description="Namespace of the proxy pods when it is not kubernetes_namespace; empty means the same."
+    )
+    kubernetes_gpus: bool = Field(False, description="The cluster schedules GPUs (kubernetes_gpu_resource).")
+    kubernetes_gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of a GPU.")
+    kubernetes_runtime_class: str = Field(
+        "", description="RuntimeClass of the pods (e.g. 'nvidia', 'gvisor'); empty means the cluster default."
+    )
+    kubernetes_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="imagePullPolicy of the pods."
+    )
+    kubernetes_start_wait_sec: float = Field(
+        20.0, ge=0,
+        description="Seconds the spawner waits for the kubelet to start (or refuse) a new pod before leaving it "
+        "to the health loop.",
+    )
     docker_host: str = Field(
         "",
         description="Docker Engine API URL (unix:///…); empty means DOCKER_HOST or a "

@@ -64,6 +64,9 @@ async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
         if ctx.runtime is None:
             ctx.runtime_problem = "This site runs without a container runtime (runtime = none)."
         return
+    if settings.runtime == "kubernetes":
+        await setup_kubernetes_runtime(ctx, controllers)
+        return
     from openpods.runtimes import engine
     from openpods.runtimes.docker import DockerRuntime
 
@@ -91,6 +94,61 @@ async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
     except Exception:  # an engine that cannot answer now is asked again on the next start
         ctx.gpus_supported = False
     log.info("container engine: %s", url)
+
+
+def kubernetes_runtime(ctx: AppContext) -> Any:
+    """The KubernetesRuntime the ``kubernetes_*`` settings describe. Volumes: the claim (or NFS export) is
+    mounted at <data_dir> in the OpenPods pods, so a volume's directory <data_dir>/storage/… is the sub-path
+    storage/… of the claim, which is what each pod mounts."""
+    from openpods.domain.k8s_manifests import KubeOptions
+    from openpods.runtimes.kubernetes import KubernetesRuntime
+
+    s = ctx.settings
+    options = KubeOptions(
+        namespace=s.kubernetes_namespace, run_as_non_root=s.kubernetes_run_as_non_root,
+        run_as_user=s.kubernetes_run_as_user, storage_root=str(s.data_dir), storage_prefix="storage",
+        storage_pvc=s.kubernetes_storage_pvc, storage_nfs_server=s.kubernetes_storage_nfs_server,
+        storage_nfs_path=s.kubernetes_storage_nfs_path, proxy_pod_labels=dict(s.kubernetes_proxy_pod_labels),
+        proxy_namespace=s.kubernetes_proxy_namespace,
+        gpu_resource=s.kubernetes_gpu_resource, image_pull_policy=s.kubernetes_image_pull_policy,
+        runtime_class_name=s.kubernetes_runtime_class,
+    )
+    return KubernetesRuntime(s.kubernetes_api_url or None, options=options, installation_id=ctx.installation_id,
+                             kubeconfig=s.kubernetes_kubeconfig, context=s.kubernetes_context,
+                             gpus=s.kubernetes_gpus, start_wait_sec=s.kubernetes_start_wait_sec)
+
+
+async def setup_kubernetes_runtime(ctx: AppContext, controllers: Controllers) -> None:
+    runtime = kubernetes_runtime(ctx)
+    ctx.runtime = runtime
+    controllers.closers.append(runtime.close)
+    ctx.gpus_supported = await runtime.supports_gpus()
+    if not await runtime.ping():  # pods wait in REQUESTED; operations retry until the API answers
+        log.error("the Kubernetes API does not answer (namespace %s); pods wait until it does",
+                  ctx.settings.kubernetes_namespace)
+    log.info("container runtime: Kubernetes, namespace %s", ctx.settings.kubernetes_namespace)
+
+
+async def wake_health_on_changes(ctx: AppContext, *, debounce_sec: float = 0.2) -> None:
+    """With a runtime that can watch its containers (Kubernetes), wake the health loop when one changes, so a
+    finished or failed pod is seen at once instead of at the next interval. Wake-ups only: the loop still
+    lists (level-triggered), so a lost event costs at most one interval."""
+    from openpods.bus.base import HEALTH, Wakeup
+
+    changed = asyncio.Event()
+
+    async def publisher() -> None:
+        while True:
+            await changed.wait()
+            await asyncio.sleep(debounce_sec)  # one wake-up for a burst of events
+            changed.clear()
+            ctx.bus.publish(Wakeup(HEALTH))
+
+    task = asyncio.create_task(publisher())
+    try:
+        await ctx.runtime.watch_managed(changed.set)
+    finally:
+        task.cancel()
 
 
 async def start_proxy(ctx: AppContext, controllers: Controllers) -> None:
@@ -142,6 +200,8 @@ async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controller
 
         controllers.health = Health(ctx)
         controllers.tasks.append(asyncio.create_task(controllers.health.run(), name="health"))
+        if ctx.runtime is not None and hasattr(ctx.runtime, "watch_managed"):
+            controllers.tasks.append(asyncio.create_task(wake_health_on_changes(ctx), name="runtime-watch"))
         refresher = LogRefresher(ctx, controllers.health)
         controllers.tasks.append(asyncio.create_task(refresher.run(), name="log-refresher"))
         from openpods.controllers.snapshots import SnapshotScheduler

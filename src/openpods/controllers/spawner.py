@@ -90,7 +90,7 @@ class Spawner:
             return None  # someone else changed the pod first; the next pass sees the new state
 
     def _finish(self, tenant_id: str, pod_id: str, instance: str, status: str, message: str,
-                host_ports: dict[str, int] | None = None) -> bool:
+                host_ports: dict[str, int | str] | None = None) -> bool:
         try:
             with transaction(self.ctx.sessions) as s:
                 pod = s.get(Pod, (tenant_id, pod_id))
@@ -140,7 +140,7 @@ class Spawner:
                 return
             SPAWNS.labels("created").inc()
             await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.CREATING,
-                                    "Container created.", dict(state.host_ports))
+                                    "Container created.", state.backends())
             # The health loop turns CREATING into AVAILABLE: tell it now rather than at its next pass.
             self.ctx.bus.publish(Wakeup(HEALTH, tenant_id, pod_id))
         finally:

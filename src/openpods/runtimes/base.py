@@ -83,6 +83,9 @@ class ContainerState:
     - ``started_at`` / ``finished_at``: UTC-aware; None when unknown (list calls of some engines omit them).
     - ``message``: a human-readable summary (e.g. ``"Exited (1) 3 seconds ago"``, an OOM kill, an engine error).
     - ``host_ports``: stanza name -> host port on 127.0.0.1, for published stanzas of a *running* container.
+    - ``endpoints``: stanza name -> ``host:port`` the proxy routes to, for runtimes whose containers are not
+      published on 127.0.0.1 (Kubernetes: the Service's cluster DNS name and port). Empty for Docker.
+      :meth:`backends` merges both.
     """
 
     name: str
@@ -93,6 +96,12 @@ class ContainerState:
     finished_at: datetime | None = None
     message: str = ""
     host_ports: dict[str, int] = field(default_factory=dict)
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    def backends(self) -> dict[str, int | str]:
+        """What the spawner records for the proxy (``Pod.host_ports``): host ports (ints, on 127.0.0.1) and
+        endpoints (``host:port`` strings)."""
+        return {**self.host_ports, **self.endpoints}
 
     @property
     def tenant_id(self) -> str | None:

@@ -90,7 +90,8 @@ class DynamicConfig:
             # Rows are data, possibly malformed: the renderer validates and reports per pod.
             hostnames = ({k: v.get("url", "") for k, v in stanzas.items() if isinstance(v, dict)}
                          if isinstance(stanzas, dict) else {})
-            backends = ({k: f"127.0.0.1:{p}" for k, p in host_ports.items()}
+            # ints: host ports on 127.0.0.1 (Docker); strings: host:port endpoints (Kubernetes Services).
+            backends = ({k: p if isinstance(p, str) else f"127.0.0.1:{p}" for k, p in host_ports.items()}
                         if isinstance(host_ports, dict) else {})
             routes.append(PodRoutes(tenant_id=tenant_id, pod_id=pod_id, stanzas=stanzas, hostnames=hostnames,
                                     backends=backends))
