@@ -108,7 +108,8 @@ def test_snapshot(client: Any, module_pod_server: Any) -> None:
 
 
 @pytest.mark.parametrize(("pod_id", "source", "kind"), [(POD_VOL, VOL, "tapisvolume"),
-                                                        (POD_SNAP, SNAP, "tapissnapshot")])
+                                                        (POD_SNAP, SNAP, "tapissnapshot")],
+                         ids=["volume", "snapshot"])  # stable ids: xdist workers must collect the same names
 def test_pod_with_mount(client: Any, module_pod_server: Any, pod_id: str, source: str, kind: str) -> None:
     pod_def = {
         "pod_id": pod_id,
