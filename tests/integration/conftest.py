@@ -449,7 +449,7 @@ class PodEnv:
 
     def container_by_name(self, pod_id: str) -> dict[str, Any] | None:
         """``inspect`` of the container with the pod's deterministic name, or None."""
-        name = container_name(self.tenant, pod_id)
+        name = container_name(self.tenant, pod_id, self.srv.ctx.installation_id)
         return self.engine.inspect(name) if self.engine.exists(name) else None
 
     def host_port(self, pod_id: str, stanza: str = "default") -> int:

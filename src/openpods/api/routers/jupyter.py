@@ -91,7 +91,8 @@ async def upload_to_jupyter(ctx: Ctx, caller: Caller, pod_id: str, request: Requ
                 ["path: a relative path inside the Jupyter home directory is required (no '..')."]
             )
         dest = f"{JUPYTER_HOME}/{rel}"
-        await copy_into_container(ctx, runtime, container_name(caller.tenant_id, pod_id), upload, dest)
+        name = container_name(caller.tenant_id, pod_id, ctx.installation_id)
+        await copy_into_container(ctx, runtime, name, upload, dest)
     finally:
         await form.close()
     return ok({"path": dest}, f"File uploaded to {dest}.")
