@@ -101,6 +101,9 @@ _PERMANENT_HINTS = (
     "could not select device driver",
     "read-only file system",
     "not a directory",
+    "enough available ids",  # userns=auto without /etc/subuid entries
+    "uid or gid mapping",
+    "only supported in rootless mode",
 )
 _GO_MODE_DIR = 1 << 31
 _GO_MODE_SYMLINK = 1 << 27
