@@ -10,6 +10,8 @@ import uuid
 
 import docker
 import pytest
+from tests.runtime.conftest import image, new_pod_id
+from tests.runtime.test_docker_runtime import http_get, wait_for
 
 from openpods.domain.container_spec import (
     DEFAULT_CAP_DROP,
@@ -21,8 +23,6 @@ from openpods.domain.container_spec import (
 )
 from openpods.runtimes.base import RuntimeErrorPermanent
 from openpods.runtimes.docker import DockerRuntime
-from tests.runtime.conftest import image, new_pod_id
-from tests.runtime.test_docker_runtime import http_get, wait_for
 
 # Capability bit numbers (linux/capability.h).
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "SETGID": 6, "SETUID": 7, "SETPCAP": 8,
