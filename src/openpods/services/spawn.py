@@ -64,9 +64,12 @@ def _mounts(ctx: AppContext, pod: Pod, volume_mounts: dict[str, Any], pins: PinS
         object_kind = "volume" if kind == "tapisvolume" else "snapshot"
         sub_path = mount.get("sub_path") or ""
         try:
-            pinned = ctx.settings.volume_mount_pinning and any(p not in ("", ".") for p in sub_path.split("/"))
+            has_sub_path = any(p not in ("", ".") for p in sub_path.split("/"))
         except AttributeError:
             raise SpawnRefused(f"volume_mounts, {key}: sub_path must be a string.") from None
+        # Host bind mounts (the docker runtime) are pinned; other runtimes mount by their own means.
+        pinned = has_sub_path and ctx.settings.volume_mount_pinning and getattr(ctx.runtime, "name", "") in (
+            "docker", "")
         if pinned:
             source = _pinned_source(ctx, pins, object_kind, pod.tenant_id, key, sub_path)
         else:

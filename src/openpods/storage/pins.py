@@ -152,6 +152,7 @@ class MountPins:
         # process (two servers in one test process) from sweeping each other's pins.
         self.owner = f"{pid}-{_proc_start_time(pid) or 'x'}-{uuid.uuid4().hex[:8]}"
         self._available: bool | None = None
+        self._same_ns: dict[str | None, bool | None] = {}
         self._lock = threading.Lock()
 
     def _prepare(self) -> None:
@@ -161,8 +162,9 @@ class MountPins:
     def available(self, engine_base_url: str | None = None) -> tuple[bool, str]:
         """(True, "") when pins can be mounted here and the engine sees them; else (False, why)."""
         with self._lock:
-            same_ns = engine_mount_namespace_matches(engine_base_url)
-            if same_ns is False:
+            if engine_base_url not in self._same_ns:
+                self._same_ns[engine_base_url] = engine_mount_namespace_matches(engine_base_url)
+            if self._same_ns[engine_base_url] is False:
                 return False, "the container engine runs in another mount namespace than OpenPods"
             if self._available is None:
                 self._prepare()
