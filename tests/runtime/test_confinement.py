@@ -214,3 +214,37 @@ async def test_ensure_running_never_replaces_another_installations_container(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             raw_api.remove_container(foreign_id, force=True)
+
+
+async def test_created_container_with_stale_mount_sources_is_recreated(
+    runtime: DockerRuntime, make_spec, raw_api, tmp_path
+) -> None:
+    """A spawner killed between creating a container and starting it leaves a container whose bind source was
+    a pin point of the dead process; the re-drive pins anew and the runtime re-creates the container (never
+    started, so nothing is lost) instead of starting it with the stale source."""
+    import dataclasses
+
+    from openpods.domain.container_spec import MountSpec
+
+    old, new = tmp_path / "old-pin", tmp_path / "new-pin"
+    for d, text in ((old, "old"), (new, "new")):
+        d.mkdir()
+        (d / "marker").write_text(text)
+    spec = make_spec("busybox", command=["sleep", "300"], mounts=[MountSpec(str(old), "/data")])
+
+    def create_only() -> None:
+        api = runtime._api()
+        runtime._ensure_network(api, spec)
+        runtime._create(api, spec)
+
+    await runtime._run("create", create_only)
+    first_id = raw_api.inspect_container(spec.name)["Id"]
+    redriven = dataclasses.replace(spec, mounts=(MountSpec(str(new), "/data"),))
+    try:
+        state = await runtime.ensure_running(redriven)
+        assert state.state == "running"
+        assert raw_api.inspect_container(spec.name)["Id"] != first_id
+        res = await runtime.exec(spec.name, ["cat", "/data/marker"], 20)
+        assert res.stdout == "new"
+    finally:
+        await runtime.remove(spec.name, 0)
