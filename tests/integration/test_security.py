@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import pytest
 from tests.integration.conftest import IMAGE_PREFIX, _free_subnet, wait_until
 
 from openpods.controllers.spawner import SPAWNS
@@ -175,6 +176,35 @@ def test_pods_are_isolated_from_each_other_and_confined(pod_server: Any, new_id:
         return False
 
     wait_until(net_gone, timeout=60, what="the pod's network to be removed")
+
+
+def test_health_loop_removes_orphaned_pod_networks_of_its_installation_only(pod_server: Any, new_id: Any) -> None:
+    """A network left by a crash between making it and the container (or a pod deleted meanwhile) is pruned;
+    another installation's network is kept."""
+    from openpods.controllers.health import Health
+
+    env = pod_server()
+    api = env.engine.client.api
+    inst = env.srv.ctx.installation_id
+    names = {
+        "orphan": (container_name(env.tenant, new_id("gone"), inst), inst),
+        "foreign": (container_name(env.tenant, new_id("theirs"), "0ther1nstall"), "0ther1nstall"),
+    }
+    for name, installation in names.values():
+        api.create_network(name, driver="bridge", labels={LABEL_MANAGED: "true", LABEL_TENANT: env.tenant,
+                                                          LABEL_INSTALLATION: installation})
+    try:
+        import asyncio
+
+        health = Health(env.srv.ctx)  # a fresh loop object prunes on its first pass
+        asyncio.run_coroutine_threadsafe(health.pass_once(), env.srv.ctx.loop).result(60)
+        with pytest.raises(docker.errors.NotFound):
+            api.inspect_network(names["orphan"][0])
+        api.inspect_network(names["foreign"][0])
+    finally:
+        for name, _ in names.values():
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_network(name)
 
 
 # ------------------------------------------------------------------------------------------------ item 12

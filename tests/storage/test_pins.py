@@ -190,3 +190,18 @@ def test_sweep_unmounts_pins_of_a_killed_process(vol: Path, tmp_path: Path) -> N
         assert (vol / "a" / "b" / "marker").read_text() == "inside"
     finally:
         mine.release()
+
+
+def test_engine_mount_namespace_check(tmp_path: Path) -> None:
+    """The peer of a unix socket in this mount namespace is recognised; tcp engines cannot be told."""
+    import socket
+
+    from openpods.storage.pins import engine_mount_namespace_matches
+
+    path = str(tmp_path / "engine.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+        assert engine_mount_namespace_matches(f"unix://{path}") is True
+    assert engine_mount_namespace_matches("tcp://127.0.0.1:2375") is None
+    assert engine_mount_namespace_matches(f"unix://{tmp_path}/missing.sock") is None
