@@ -114,8 +114,7 @@ class Spawner:
                 pod = s.get(Pod, (tenant_id, pod_id))
                 if pod is None or pod.status != st.SPAWNER_SETUP or pod.instance_id != instance:
                     return False
-                previous = (pod.status_container or {}).get("message") if isinstance(pod.status_container,
-                                                                                      dict) else None
+                previous = pod.status_container.get("message") if isinstance(pod.status_container, dict) else None
                 pod.status = status
                 pod.status_since = repo.utcnow()
                 if host_ports is not None:
