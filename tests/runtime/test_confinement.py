@@ -132,6 +132,10 @@ async def test_pods_cannot_reach_each_other_but_the_host_reaches_published_ports
         # ... but not the other pod, in either direction.
         assert "200" not in await _reach(runtime, a.name, ip_b)
         assert "200" not in await _reach(runtime, b.name, ip_a)
+        # Nor through the host: the other pod's published port is bound to the host's 127.0.0.1 only, which
+        # the gateway address of a pod's network does not reach.
+        gateway = raw_api.inspect_network(a.name)["IPAM"]["Config"][0]["Gateway"]
+        assert "200" not in await _reach(runtime, a.name, gateway, sb.host_ports["default"])
     finally:
         await asyncio.gather(runtime.remove(a.name, 0), runtime.remove(b.name, 0))
     # remove() takes the private networks along.
