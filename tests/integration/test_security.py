@@ -300,3 +300,36 @@ def test_engine_refusal_is_shown_once_and_the_pod_recovers(pod_server: Any, new_
             for c in api.containers(all=True, filters={"network": net}):
                 api.remove_container(c["Id"], force=True)
             api.remove_network(net)
+
+
+def test_a_restarted_spawner_unmounts_pins_of_a_killed_one(pod_server: Any, new_id: Any) -> None:
+    """SIGKILL between pinning a sub_path and starting the container leaves a pin mounted; the next spawner
+    that starts unmounts and removes it (and never deletes anything through a mount)."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from openpods.controllers.spawner import Spawner
+
+    env = pod_server()
+    vol = new_id("pinvol")
+    root = _make_volume(env, vol)
+    (root / "sub").mkdir()
+    (root / "sub" / "keep").write_text("data\n")
+    base = env.srv.settings.data_dir / "pins"
+    code = (
+        "import os\n"
+        "from openpods.storage.pins import MountPins\n"
+        f"print(MountPins({str(base)!r}).new_set().pin({str(root)!r}, 'sub'), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    point = proc.stdout.strip()
+    assert proc.returncode == -9 and _mount_points_below(point) == [point], proc.stderr
+    fut = asyncio.run_coroutine_threadsafe(Spawner(env.srv.ctx).run(), env.srv.ctx.loop)
+    try:
+        wait_until(lambda: not os.path.exists(point), timeout=30, what="the stale pin to be swept")
+    finally:
+        fut.cancel()
+    assert _mount_points_below(str(base)) == []
+    assert (root / "sub" / "keep").read_text() == "data\n"

@@ -128,6 +128,7 @@ class Health:
         if runtime is not None and time.monotonic() >= self._next_network_prune:
             self._next_network_prune = time.monotonic() + NETWORK_PRUNE_INTERVAL_SEC
             await self._prune_networks(pods, containers, stats)
+            await asyncio.to_thread(self._sweep_pins)
         stats.seconds = time.perf_counter() - started
         PASS_SECONDS.observe(stats.seconds)
         self.last = stats
@@ -175,6 +176,18 @@ class Health:
             ENGINE_CALLS.labels("prune_networks").inc()
         for name in removed:
             log.info("removed orphan pod network %s", name)
+
+    def _sweep_pins(self) -> None:
+        """Volume pins of spawner processes that died (see storage.pins); the spawner also sweeps at start."""
+        from openpods.services.spawn import mount_pins
+
+        try:
+            removed = mount_pins(self.ctx).sweep()
+        except OSError as exc:
+            log.warning("could not sweep stale volume pins: %s", exc)
+            return
+        if removed:
+            log.info("removed %d stale volume pin(s) of a process that died", removed)
 
     def _report_unexpected_storage(self) -> None:
         """Directories with no volume or snapshot row are reported (once each), never deleted: a database
