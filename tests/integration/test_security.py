@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
-import threading
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -41,14 +41,6 @@ from openpods.storage.pins import _mount_points_below
 
 DB_BACKENDS = "one"
 IDLE = 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _exchange(a: str, b: str) -> None:
-    """renameat2(RENAME_EXCHANGE): atomically swap two names (what an attacker in a shared volume does)."""
-    if _libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _make_volume(env: Any, volume_id: str) -> Path:
@@ -78,7 +70,26 @@ def _settled(env: Any, pod_id: str, old_instance: str | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ item 1
 
 
+SWAPPER = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None)
+a, b, flag = sys.argv[1].encode(), sys.argv[2].encode(), sys.argv[3]
+n = 0
+while True:
+    libc.renameat2(-100, a, -100, b, 2)  # RENAME_EXCHANGE: the directory and the symlink trade places
+    n += 1
+    if n % 1000 == 0:
+        open(flag, "w").write(str(n))
+    time.sleep(0.0005)
+"""
+
+
 def test_sub_path_mount_cannot_be_raced_to_a_host_directory(pod_server: Any, new_id: Any, tmp_path: Path) -> None:
+    """The attack of issue 9 item 1: whoever can write to a shared volume (a pod mounting it; here a process
+    working on the same directory) swaps the victim's sub_path directory and a symlink to a host directory
+    with renameat2(RENAME_EXCHANGE), over and over, while the victim pod restarts again and again. The
+    victim's mount never shows the host directory: each start either mounts the real directory or is refused.
+    (Before pinning, about one start in four mounted the host directory.)"""
     env = pod_server()
     vol = new_id("racevol")
     root = _make_volume(env, vol)
@@ -87,43 +98,36 @@ def test_sub_path_mount_cannot_be_raced_to_a_host_directory(pod_server: Any, new
     outside = tmp_path / "host-secret"  # stands for <data_dir>/keys or /
     outside.mkdir()
     (outside / "marker").write_text("OUTSIDE\n")
-    os.symlink(str(outside), root / "evil")
-
-    stop = threading.Event()
-    swaps = [0]
-
-    def swapper() -> None:  # the attacking pod: sub <-> evil, over and over
-        while not stop.is_set():
-            _exchange(str(root / "sub"), str(root / "evil"))
-            swaps[0] += 1
-            time.sleep(0.001)
-
-    pod_id = new_id("victim")
-    env.create(pod_id, "busybox", command=["sh", "-c", IDLE],
-               volume_mounts={vol: {"type": "tapisvolume", "mount_path": "/data", "sub_path": "sub"}})
-    thread = threading.Thread(target=swapper, daemon=True)
-    thread.start()
-    outcomes: dict[str, int] = {"inside": 0, "refused": 0}
+    os.symlink(str(outside), root / "evil")  # a host path: the engine resolves bind sources on the host
+    flag = tmp_path / "swaps"
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(root / "sub"), str(root / "evil"), str(flag)])
     try:
+        wait_until(flag.exists, timeout=60, what="the swapper to run")
+        victim = new_id("victim")
+        env.create(victim, "busybox", command=["sh", "-c", IDLE],
+                   volume_mounts={vol: {"type": "tapisvolume", "mount_path": "/data", "sub_path": "sub"}})
+        outcomes: dict[str, int] = {"inside": 0, "refused": 0}
         instance = None
-        for _ in range(12):
-            row = _settled(env, pod_id, instance)
+        for _ in range(30):
+            row = _settled(env, victim, instance)
             instance = row["instance_id"]
             if row["status"] == "AVAILABLE":
-                res = env.exec_ok(pod_id, ["cat", "/data/marker"])
+                res = env.exec_ok(victim, ["cat", "/data/marker"])
                 assert "OUTSIDE" not in res["stdout"], f"the victim's mount shows the host directory: {res}"
-                if res["stdout"].strip() == "inside":
-                    outcomes["inside"] += 1
-                r = env.action(pod_id, "restart")
+                assert res["stdout"].strip() == "inside", res
+                outcomes["inside"] += 1
+                r = env.action(victim, "restart")
             else:
                 assert "symbolic link" in row["status_container"]["message"], row["status_container"]
                 outcomes["refused"] += 1
-                r = env.action(pod_id, "start")
+                r = env.action(victim, "start")
             assert r.status_code == 200, r.text
+        assert swapper.poll() is None, "the swapper stopped"
+        print("sub_path race outcomes:", outcomes, "swaps:", flag.read_text())
     finally:
-        stop.set()
-        thread.join()
-    assert swaps[0] > 100 and outcomes["inside"] > 0, (swaps, outcomes)
+        swapper.kill()
+        swapper.wait()
+    assert outcomes["inside"] > 0, outcomes
     # Every pin was unmounted once its container had started (or the spawn was refused).
     wait_until(lambda: not _mount_points_below(str(env.srv.settings.data_dir / "pins")), timeout=30,
                what="pins to be released")
@@ -306,8 +310,6 @@ def test_a_restarted_spawner_unmounts_pins_of_a_killed_one(pod_server: Any, new_
     """SIGKILL between pinning a sub_path and starting the container leaves a pin mounted; the next spawner
     that starts unmounts and removes it (and never deletes anything through a mount)."""
     import asyncio
-    import subprocess
-    import sys
 
     from openpods.controllers.spawner import Spawner
 

@@ -6,7 +6,6 @@ import ctypes
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -133,20 +132,18 @@ def test_pin_refuses_a_symlinked_sub_path(vol: Path, pins: MountPins) -> None:
 
 
 def test_pin_under_a_racing_swap_never_shows_the_outside(vol: Path, pins: MountPins) -> None:
-    """A thread swaps a/b with a symlink to the outside directory as fast as it can; every pin made meanwhile
-    either is refused or shows the inside directory."""
+    """Another process (the attacking pod) swaps a/b with a symlink to the outside directory as fast as it can;
+    every pin made meanwhile either is refused or shows the inside directory."""
     os.symlink(str(vol.parent / "outside"), vol / "a" / "evil")
-    stop = threading.Event()
-
-    def swapper() -> None:
-        while not stop.is_set():
-            _exchange(str(vol / "a" / "b"), str(vol / "a" / "evil"))
-
-    t = threading.Thread(target=swapper, daemon=True)
-    t.start()
+    swapper = subprocess.Popen(
+        [sys.executable, "-c",
+         "import ctypes, sys\nlibc = ctypes.CDLL(None)\na, b = sys.argv[1].encode(), sys.argv[2].encode()\n"
+         "while True:\n    libc.renameat2(-100, a, -100, b, 2)\n",
+         str(vol / "a" / "b"), str(vol / "a" / "evil")]
+    )
     seen = {"inside": 0, "refused": 0}
     try:
-        for _ in range(300):
+        for _ in range(3000):
             pinset = pins.new_set()
             try:
                 point = pinset.pin(vol, "a/b")
@@ -159,10 +156,12 @@ def test_pin_under_a_racing_swap_never_shows_the_outside(vol: Path, pins: MountP
                 seen["inside"] += 1
             finally:
                 pinset.release()
+            if seen["inside"] >= 50 and seen["refused"] >= 50:
+                break
     finally:
-        stop.set()
-        t.join()
-    assert seen["inside"] > 0
+        swapper.kill()
+        swapper.wait()
+    assert seen["inside"] > 0 and seen["refused"] > 0, seen  # both states were really hit
 
 
 def test_sweep_unmounts_pins_of_a_killed_process(vol: Path, tmp_path: Path) -> None:

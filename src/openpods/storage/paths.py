@@ -384,7 +384,7 @@ _openat2_works: bool | None = None  # None: not tried yet
 
 def _openat2(dir_fd: int, rel: str) -> int | None:
     """``openat2(dir_fd, rel, O_PATH|O_DIRECTORY, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|...)``; None when the
-    kernel (or a seccomp filter) does not offer openat2, so the caller walks instead."""
+    kernel (or a seccomp filter) does not offer openat2, or renames keep racing it, so the caller walks."""
     global _libc, _openat2_works
     nr = _OPENAT2_NR.get(platform.machine())
     if nr is None or _openat2_works is False:
@@ -392,11 +392,18 @@ def _openat2(dir_fd: int, rel: str) -> int | None:
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
     how = _OpenHow(_PIN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(nr, dir_fd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
-    if fd >= 0:
-        _openat2_works = True
-        return int(fd)
-    err = ctypes.get_errno()
+    for _ in range(3):
+        fd = _libc.syscall(nr, dir_fd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            _openat2_works = True
+            return int(fd)
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            break
+    else:
+        # RESOLVE_BENEATH gives up with EAGAIN whenever any rename raced the lookup, which a pod renaming in a
+        # loop could force forever: the O_NOFOLLOW walk is just as strict and has no such failure.
+        return None
     if err in (errno.ENOSYS, errno.EPERM) and not _openat2_works:
         _openat2_works = False  # not available here (old kernel, seccomp): use the O_NOFOLLOW walk
         return None
