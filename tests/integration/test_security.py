@@ -25,9 +25,9 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from prometheus_client import REGISTRY
 from tests.integration.conftest import IMAGE_PREFIX, _free_subnet, wait_until
 
-from openpods.controllers.spawner import SPAWNS
 from openpods.domain.container_spec import (
     LABEL_INSTALLATION,
     LABEL_INSTANCE,
@@ -278,7 +278,10 @@ def test_engine_refusal_is_shown_once_and_the_pod_recovers(pod_server: Any, new_
     api.start(squatter)
     try:
         pod_id = new_id("noip")
-        retries_before = SPAWNS.labels("retry")._value.get()
+        def retries() -> float:
+            return REGISTRY.get_sample_value("openpods_spawns_total", {"outcome": "retry"}) or 0.0
+
+        retries_before = retries()
         env.create(pod_id, "http")
 
         def shown() -> dict[str, Any] | None:
@@ -287,7 +290,7 @@ def test_engine_refusal_is_shown_once_and_the_pod_recovers(pod_server: Any, new_
 
         pod = wait_until(shown, timeout=60, what="the IPAM failure in status_container.message")
         assert pod["status"] in ("REQUESTED", "SPAWNER SETUP")
-        wait_until(lambda: SPAWNS.labels("retry")._value.get() >= retries_before + 4, timeout=60,
+        wait_until(lambda: retries() >= retries_before + 4, timeout=60,
                    what="several retries")
         logs = [r["message"] for r in env.action_log_rows(pod_id)]
         ipam = [a for a in logs if "free ip" in a.lower()]
