@@ -244,6 +244,37 @@ class Settings(BaseSettings):
         description="Seconds between passes that remove what interrupted uploads left in volumes (also done on "
         "start).",
     )
+    pod_network: str = Field(
+        "",
+        description="Engine network of pod containers. Empty: every pod gets a private bridge network of its "
+        "own (made and removed with its container), so pods cannot reach each other; they are reached only "
+        "through their ports published on 127.0.0.1 (Traefik). A name: all pods join that existing network "
+        "(e.g. 'podman', the engine's shared bridge, where pods CAN reach each other).",
+    )
+    container_cap_drop: list[str] = Field(
+        default_factory=lambda: ["NET_RAW", "MKNOD", "AUDIT_WRITE", "SYS_CHROOT", "SETFCAP", "SETPCAP"],
+        description="Linux capabilities removed from every pod container (names without CAP_). The default "
+        "keeps CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETUID, SETGID and NET_BIND_SERVICE, which common "
+        "images (postgres, nginx, ...) need to start.",
+    )
+    container_no_new_privileges: bool = Field(
+        True, description="Run pod containers with no-new-privileges (setuid binaries cannot gain privileges)."
+    )
+    container_userns: str = Field(
+        "",
+        description="User-namespace mode of pod containers (Podman: 'auto' maps container root to an unprivileged "
+        "host uid range; needs /etc/subuid and /etc/subgid entries for user 'containers'). Empty: the engine's "
+        "default (container root is host root).",
+    )
+    volume_mount_pinning: bool = Field(
+        True,
+        description="Pin the source of every volume/snapshot mount with a sub_path (resolve it without following "
+        "symlinks and bind-mount the pinned directory under <data_dir>/pins), so that a pod cannot redirect "
+        "another pod's mount to a host directory by swapping a directory for a symlink. Needs OpenPods to run "
+        "as root in the engine's mount namespace; where it cannot, such pods go to ERROR with the reason. "
+        "false mounts sub_paths by path (raceable; only for an engine in another mount namespace and "
+        "trusted users).",
+    )
     bus: Literal["memory", "rabbitmq"] = Field("memory", description="Command bus implementation.")
     rabbitmq_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL for bus=rabbitmq."

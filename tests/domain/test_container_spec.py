@@ -201,3 +201,37 @@ def test_spec_is_frozen() -> None:
     spec = build()
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.image = "other"  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------- installation and confinement
+
+
+def test_name_and_labels_carry_the_installation() -> None:
+    from openpods.domain.container_spec import LABEL_INSTALLATION, legacy_container_name
+
+    assert container_name("tacc", "mypod", "0123abcd") == "openpods-0123abcd-tacc-mypod"
+    assert legacy_container_name("tacc", "mypod") == "openpods-tacc-mypod"
+    a = build(installation_id="aaaa1111")
+    b = build(installation_id="bbbb2222")
+    assert a.name != b.name  # two installations never share a container name for the same pod
+    assert a.labels[LABEL_INSTALLATION] == "aaaa1111" == a.installation_id
+    for bad in ("UPPER", "has-dash", "x" * 33, "a b"):
+        with pytest.raises(ValueError):
+            container_name("tacc", "mypod", bad)
+
+
+def test_confinement_defaults_and_overrides() -> None:
+    from openpods.domain.container_spec import DEFAULT_CAP_DROP
+
+    spec = build()
+    assert spec.network == "" and spec.no_new_privileges and spec.userns == ""
+    assert spec.cap_drop == DEFAULT_CAP_DROP and "NET_RAW" in spec.cap_drop
+    for needed in ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER"):
+        assert needed not in spec.cap_drop  # postgres and friends need them to start
+    spec = build(cap_drop=["cap_net_raw", "NET_RAW", " sys_admin "], network="podman", userns="auto",
+                 no_new_privileges=False)
+    assert spec.cap_drop == ("NET_RAW", "SYS_ADMIN")
+    assert (spec.network, spec.userns, spec.no_new_privileges) == ("podman", "auto", False)
+    for kwargs in ({"cap_drop": ["NET RAW"]}, {"cap_drop": ["1"]}, {"network": "a b"}, {"userns": "a\x00"}):
+        with pytest.raises(ValueError):
+            build(**kwargs)

@@ -171,8 +171,8 @@ def _client(url: str) -> docker.DockerClient:
     return docker.DockerClient(base_url=url, version=version, timeout=120)
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A random 10.x.y.0/24 that overlaps no route or address of this host."""
+def _free_subnet(prefix: int = 24) -> ipaddress.IPv4Network:
+    """A random 10.x.y.0/24 (or a larger block, e.g. a /16) that overlaps no route or address of this host."""
     taken: list[ipaddress.IPv4Network] = []
     for cmd in (["ip", "-o", "-4", "route", "show", "table", "all"], ["ip", "-o", "-4", "addr"]):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -183,7 +183,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
                         taken.append(ipaddress.ip_network(token, strict=False))
     rng = random.Random(uuid.uuid4().int)
     for _ in range(1000):
-        net = ipaddress.ip_network(f"10.{rng.randint(128, 250)}.{rng.randint(0, 255)}.0/24")
+        net = ipaddress.ip_network(f"10.{rng.randint(128, 250)}.{rng.randint(0, 255)}.0/24").supernet(
+            new_prefix=prefix
+        )
         if not any(net.overlaps(t) for t in taken if t.prefixlen > 0):
             return net
     raise RuntimeError("no free 10.x.y.0/24 subnet for the test network")
@@ -206,6 +208,11 @@ def isolated_podman() -> Iterator[Engine]:
     # A short path: AF_UNIX socket paths are limited to 107 bytes.
     work = Path(tempfile.mkdtemp(prefix="opi-", dir="/tmp"))
     subnet = _free_subnet()
+    # OpenPods makes a network per pod: a pool of the session's own keeps them apart from the networks of
+    # other engines on this host (each engine would otherwise start at 10.89.0.0/24).
+    pool = _free_subnet(16)
+    while pool.overlaps(subnet):
+        pool = _free_subnet(16)
     tag = uuid.uuid4().hex[:8]
     net_name, bridge = f"opt{tag}", f"opt{tag}"
     (work / "net").mkdir()
@@ -218,6 +225,7 @@ def isolated_podman() -> Iterator[Engine]:
         "[network]\n"
         f'network_config_dir = "{work}/net"\n'
         f'default_network = "{net_name}"\n'
+        f'default_subnet_pools = [{{"base" = "{pool}", "size" = 24}}]\n'
         "[engine]\n"
         'runtime = "runc"\n'
     )
@@ -449,7 +457,7 @@ class PodEnv:
 
     def container_by_name(self, pod_id: str) -> dict[str, Any] | None:
         """``inspect`` of the container with the pod's deterministic name, or None."""
-        name = container_name(self.tenant, pod_id)
+        name = container_name(self.tenant, pod_id, self.srv.ctx.installation_id)
         return self.engine.inspect(name) if self.engine.exists(name) else None
 
     def host_port(self, pod_id: str, stanza: str = "default") -> int:

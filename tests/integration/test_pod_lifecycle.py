@@ -69,7 +69,7 @@ def test_create_serve_logs_exec_upload_stop_start_restart(module_pod_server: Any
     assert container.labels[LABEL_TENANT] == env.tenant
     assert container.labels[LABEL_POD_ID] == pod_id
     assert first_instance == env.row(pod_id)["instance_id"]
-    assert container.name == f"openpods-{env.tenant}-{pod_id}"
+    assert container.name == f"openpods-{env.srv.ctx.installation_id}-{env.tenant}-{pod_id}"
     host_config = env.engine.inspect(container.id)["HostConfig"]
     assert host_config["PortBindings"]["5000/tcp"][0]["HostIp"] == "127.0.0.1"
     assert host_config["RestartPolicy"]["Name"] in ("no", "")

@@ -143,6 +143,10 @@ def runtime(engine_url: str, test_images: None, tenant: str) -> Iterator[DockerR
             for c in api.containers(all=True, filters={"label": f"{LABEL_TENANT}={tenant}"}):
                 with contextlib.suppress(docker.errors.APIError):
                     api.remove_container(c["Id"], force=True, v=True)
+            # The private networks of the session's pods (made by ensure_running, one per container).
+            for n in api.networks(filters={"label": f"{LABEL_TENANT}={tenant}"}):
+                with contextlib.suppress(docker.errors.APIError):
+                    api.remove_network(n["Id"])
         finally:
             api.close()
         asyncio.run(rt.close())

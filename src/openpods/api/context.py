@@ -31,6 +31,7 @@ class AppContext:
     installation_id: str = ""  # labels this installation's containers (never touch another's)
     proxy_config: Any = None  # services.proxy.DynamicConfig (render cache), made on first use
     storage: Any = None  # openpods.storage.base.StorageBackend
+    mount_pins: Any = None  # openpods.storage.pins.MountPins: pinned sub_path mount sources (spawner)
     proxy_secret: str = ""
     clock: Callable[[], datetime] = field(default=utcnow)
     loop: Any = None  # the event loop running the runtime adapter (set by the controllers' runner)

@@ -6,6 +6,8 @@ by a separate, slower loop (and on demand by the API)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -20,7 +22,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
-from openpods.domain.container_spec import LABEL_INSTALLATION, container_name
+from openpods.domain.container_spec import LABEL_INSTALLATION, container_name, legacy_container_name
 from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide
 from openpods.runtimes.base import ContainerState, RuntimeFailure
 from openpods.services import pods as pod_svc
@@ -34,6 +36,7 @@ ENGINE_CALLS = Counter("openpods_health_engine_calls_total", "Container engine c
                        ["call"])
 UNEXPECTED = Counter("openpods_unexpected_storage_dirs_total", "Storage directories found without a row.")
 ORPHANS = Counter("openpods_orphan_containers_removed_total", "Containers removed because no pod owns them.")
+NETWORK_PRUNE_INTERVAL_SEC = 60.0  # orphaned private pod networks are rare (crashes): look now and then
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Health:
         self.clock = clock or ctx.clock
         self.last = PassStats()
         self._reported: set[str] = set()
+        self._next_network_prune = 0.0
+        self._rename_failed: set[str] = set()
 
     async def run(self) -> None:
         while True:
@@ -89,6 +94,7 @@ class Health:
             for c in listed:
                 # Only our installation's containers: another installation on the same engine is not ours to judge.
                 if c.tenant_id and c.pod_id and c.labels.get(LABEL_INSTALLATION) == self.ctx.installation_id:
+                    c = await self._adopt_legacy_name(c, stats)
                     containers[(c.tenant_id, c.pod_id)] = c
             stats.containers = len(listed)
         # Pods are read after the list call: a container listed above whose pod row is gone is an orphan.
@@ -119,10 +125,69 @@ class Health:
                 continue
             stats.changes += 1
             await self._apply(pod, container, decision, stats)
+        if runtime is not None and time.monotonic() >= self._next_network_prune:
+            self._next_network_prune = time.monotonic() + NETWORK_PRUNE_INTERVAL_SEC
+            await self._prune_networks(pods, containers, stats)
+            await asyncio.to_thread(self._sweep_pins)
         stats.seconds = time.perf_counter() - started
         PASS_SECONDS.observe(stats.seconds)
         self.last = stats
         return stats
+
+    async def _adopt_legacy_name(self, c: ContainerState, stats: PassStats) -> ContainerState:
+        """A container of ours with the old scheme's name (no installation in it) gets its new name, so that
+        exec, logs and uploads (which address containers by name) find it."""
+        assert c.tenant_id and c.pod_id
+        try:
+            new = container_name(c.tenant_id, c.pod_id, self.ctx.installation_id)
+        except ValueError:
+            return c
+        if c.name == new or c.name != legacy_container_name(c.tenant_id, c.pod_id) or c.name in self._rename_failed:
+            return c
+        try:
+            await self.ctx.runtime.rename(c.name, new)
+        except RuntimeFailure as exc:
+            self._rename_failed.add(c.name)
+            log.warning("could not rename container %s to %s: %s", c.name, new, exc)
+            return c
+        finally:
+            stats.engine_calls += 1
+            ENGINE_CALLS.labels("rename").inc()
+        log.info("renamed container %s to %s (installation id added to the name)", c.name, new)
+        return dataclasses.replace(c, name=new)
+
+    async def _prune_networks(self, pods: list[Pod], containers: dict[tuple[str, str], ContainerState],
+                              stats: PassStats) -> None:
+        """Remove private pod networks left without a container (a crash between making the network and the
+        container, or a pod deleted meanwhile). Pods the spawner may be working on keep theirs."""
+        inst = self.ctx.installation_id
+        keep = {c.name for c in containers.values()}
+        for pod in pods:
+            if pod.status in (st.REQUESTED, st.SPAWNER_SETUP, st.CREATING):
+                with contextlib.suppress(ValueError):
+                    keep.add(container_name(pod.tenant_id, pod.pod_id, inst))
+        try:
+            removed = await self.ctx.runtime.prune_networks(inst, keep)
+        except RuntimeFailure as exc:
+            log.warning("could not prune pod networks: %s", exc)
+            return
+        finally:
+            stats.engine_calls += 1
+            ENGINE_CALLS.labels("prune_networks").inc()
+        for name in removed:
+            log.info("removed orphan pod network %s", name)
+
+    def _sweep_pins(self) -> None:
+        """Volume pins of spawner processes that died (see storage.pins); the spawner also sweeps at start."""
+        from openpods.services.spawn import mount_pins
+
+        try:
+            removed = mount_pins(self.ctx).sweep()
+        except OSError as exc:
+            log.warning("could not sweep stale volume pins: %s", exc)
+            return
+        if removed:
+            log.info("removed %d stale volume pin(s) of a process that died", removed)
 
     def _report_unexpected_storage(self) -> None:
         """Directories with no volume or snapshot row are reported (once each), never deleted: a database
@@ -168,7 +233,8 @@ class Health:
         if runtime is None:
             return
         try:
-            text = await runtime.logs(container_name(tenant_id, pod_id), self.ctx.settings.logs_max_bytes)
+            name = container_name(tenant_id, pod_id, self.ctx.installation_id)
+            text = await runtime.logs(name, self.ctx.settings.logs_max_bytes)
         except RuntimeFailure:
             return
         if stats is not None:

@@ -19,7 +19,8 @@ from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
 from openpods.domain.container_spec import ContainerSpec
 from openpods.runtimes.base import RuntimeErrorPermanent, RuntimeFailure
-from openpods.services.spawn import SpawnRefused, build_spec
+from openpods.services.spawn import SpawnRefused, build_spec, mount_pins
+from openpods.storage.pins import PinSet
 from openpods.store import repo
 from openpods.store.db import transaction
 from openpods.store.tables import Pod, PodLog
@@ -36,6 +37,11 @@ class Spawner:
         self._inflight: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
+        # Pins left mounted by a spawner that was killed between pinning and starting a container.
+        try:
+            await asyncio.to_thread(mount_pins(self.ctx).sweep)
+        except Exception:
+            log.exception("could not sweep stale volume pins")
         while True:
             try:
                 await self.pass_once()
@@ -61,8 +67,20 @@ class Spawner:
                                                                      Pod.status_requested == st.ON))
             return [(r[0], r[1]) for r in rows]
 
-    def _claim(self, tenant_id: str, pod_id: str) -> tuple[str, ContainerSpec | str] | None:
-        """REQUESTED+ON → SPAWNER SETUP. Returns (instance, spec or refusal message) or None if not ours."""
+    def _claim(self, tenant_id: str, pod_id: str) -> tuple[str, ContainerSpec | str, PinSet] | None:
+        """REQUESTED+ON → SPAWNER SETUP. Returns (instance, spec or refusal message, the pinned mount sources
+        to release once the container has started) or None if not ours."""
+        pins = mount_pins(self.ctx).new_set()
+        try:
+            claim = self._claim_in(tenant_id, pod_id, pins)
+        except BaseException:
+            pins.release()
+            raise
+        if claim is None or isinstance(claim[1], str):
+            pins.release()
+        return None if claim is None else (*claim, pins)
+
+    def _claim_in(self, tenant_id: str, pod_id: str, pins: PinSet) -> tuple[str, ContainerSpec | str] | None:
         try:
             with transaction(self.ctx.sessions) as s:
                 pod = s.get(Pod, (tenant_id, pod_id))
@@ -82,7 +100,7 @@ class Spawner:
                     logs.instance_id, logs.logs, logs.updated_ts = pod.instance_id, "", repo.utcnow()
                 try:
                     spec: ContainerSpec | str
-                    spec, pod.routes = build_spec(self.ctx, s, pod)
+                    spec, pod.routes = build_spec(self.ctx, s, pod, pins)
                 except SpawnRefused as exc:
                     spec = str(exc)
                 return pod.instance_id, spec
@@ -96,15 +114,18 @@ class Spawner:
                 pod = s.get(Pod, (tenant_id, pod_id))
                 if pod is None or pod.status != st.SPAWNER_SETUP or pod.instance_id != instance:
                     return False
+                previous = pod.status_container.get("message") if isinstance(pod.status_container, dict) else None
                 pod.status = status
                 pod.status_since = repo.utcnow()
                 if host_ports is not None:
                     pod.host_ports = host_ports
                 phase = {st.CREATING: "Pending", st.ERROR: "Failed"}.get(status, "Pending")
                 pod.status_container = {"phase": phase, "start_time": None, "message": message}
-                repo.add_action_log(s, "pod", tenant_id, pod_id, "spawner",
-                                    f"spawner set status to {status}" + (f": {message}" if status != st.CREATING
-                                                                         else ""))
+                # A retry that fails for the same reason again is not news: one action log per distinct reason.
+                if status != st.REQUESTED or message != previous:
+                    repo.add_action_log(s, "pod", tenant_id, pod_id, "spawner",
+                                        f"spawner set status to {status}" + (f": {message}" if status != st.CREATING
+                                                                             else ""))
                 return True
         except StaleDataError:
             return False
@@ -116,32 +137,39 @@ class Spawner:
             claim = await asyncio.to_thread(self._claim, tenant_id, pod_id)
             if claim is None:
                 return
-            instance, spec = claim
+            instance, spec, pins = claim
             if isinstance(spec, str):
                 SPAWNS.labels("refused").inc()
                 await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.ERROR, spec)
                 return
-            runtime = self.ctx.runtime
-            if runtime is None:
-                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
-                                        self.ctx.runtime_problem or "No container runtime is available.")
-                return
             try:
-                state = await runtime.ensure_running(spec)
-            except RuntimeErrorPermanent as exc:
-                SPAWNS.labels("error").inc()
-                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.ERROR, str(exc))
-                return
-            except RuntimeFailure as exc:
-                SPAWNS.labels("retry").inc()
-                log.warning("spawn of %s/%s failed temporarily: %s", tenant_id, pod_id, exc)
-                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
-                                        f"Waiting for the container engine: {exc}")
-                return
-            SPAWNS.labels("created").inc()
-            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.CREATING,
-                                    "Container created.", state.backends())
-            # The health loop turns CREATING into AVAILABLE: tell it now rather than at its next pass.
-            self.ctx.bus.publish(Wakeup(HEALTH, tenant_id, pod_id))
+                await self._run_spec(tenant_id, pod_id, instance, spec)
+            finally:
+                # The started container holds its own copy of each pinned mount; the pins are not needed now.
+                await asyncio.to_thread(pins.release)
         finally:
             self._inflight.discard(key)
+
+    async def _run_spec(self, tenant_id: str, pod_id: str, instance: str, spec: ContainerSpec) -> None:
+        runtime = self.ctx.runtime
+        if runtime is None:
+            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
+                                    self.ctx.runtime_problem or "No container runtime is available.")
+            return
+        try:
+            state = await runtime.ensure_running(spec)
+        except RuntimeErrorPermanent as exc:
+            SPAWNS.labels("error").inc()
+            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.ERROR, str(exc))
+            return
+        except RuntimeFailure as exc:
+            SPAWNS.labels("retry").inc()
+            log.warning("spawn of %s/%s failed temporarily: %s", tenant_id, pod_id, exc)
+            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
+                                    f"Waiting for the container engine: {exc}")
+            return
+        SPAWNS.labels("created").inc()
+        await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.CREATING,
+                                "Container created.", state.backends())
+        # The health loop turns CREATING into AVAILABLE: tell it now rather than at its next pass.
+        self.ctx.bus.publish(Wakeup(HEALTH, tenant_id, pod_id))

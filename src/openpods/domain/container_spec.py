@@ -2,10 +2,18 @@
 
 Pure: no I/O. A runtime (``openpods.runtimes``) turns a :class:`ContainerSpec` into engine objects.
 
-Identity: the container of a pod has the deterministic name ``openpods-<tenant>-<pod_id>`` and the labels
-``openpods.tenant``, ``openpods.pod_id``, ``openpods.instance`` and ``openpods.managed=true``. Tenant ids may
-contain hyphens, so the name is never parsed: the labels identify the pod. Published container ports are
-recorded as labels too (``openpods.port.<stanza>=<container port>``) so that a single "list containers" call
+Identity: the container of a pod has the deterministic name ``openpods-<installation>-<tenant>-<pod_id>`` and
+the labels ``openpods.installation``, ``openpods.tenant``, ``openpods.pod_id``, ``openpods.instance`` and
+``openpods.managed=true``. The installation id keeps two OpenPods installations on one engine apart: neither
+ever names, lists as its own, replaces or removes the other's containers. (Containers of the old naming scheme,
+``openpods-<tenant>-<pod_id>``, are renamed by the health loop when they carry this installation's label.)
+Tenant ids may contain hyphens, so the name is never parsed: the labels identify the pod.
+
+Confinement (engine-neutral, filled from the site settings): ``network`` ("" = a private network of the pod's
+own, named like the container), ``cap_drop`` (Linux capabilities removed from the engine's default set),
+``no_new_privileges`` and ``userns`` (a user-namespace mode, "" = the engine's default).
+
+Published container ports are recorded as labels too (``openpods.port.<stanza>=<container port>``) so that a single "list containers" call
 is enough to map every stanza to its host port. Environment values (which may hold resolved secrets) are never
 copied into labels.
 """
@@ -32,6 +40,13 @@ PROTOCOLS = ("http", "tcp", "postgres", "local_only")
 UNPUBLISHED_PROTOCOLS = frozenset({"local_only"})
 
 _NAME_PART_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_INSTALLATION_RE = re.compile(r"^[a-z0-9]{1,32}$")
+_CAP_RE = re.compile(r"^[A-Z][A-Z_]*$")
+_NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DEFAULT_CAP_DROP: tuple[str, ...] = ("NET_RAW", "MKNOD", "AUDIT_WRITE", "SYS_CHROOT", "SETFCAP", "SETPCAP")
+"""Capabilities a generic service pod does not need (raw sockets/ARP spoofing, device nodes, audit records,
+chroot, file capabilities, capability transfer). Kept: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETUID,
+SETGID, NET_BIND_SERVICE, which images such as postgres need to start and drop privileges."""
 _STANZA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_NAME_RE = re.compile(r"^[^=\x00]+$")
 _ULIMIT_RE = re.compile(r"^\s*([a-z]+)\s*=\s*(-?\d+)\s*(?::\s*(-?\d+)\s*)?$")
@@ -110,37 +125,65 @@ class ContainerSpec:
     mounts: tuple[MountSpec, ...]
     labels: dict[str, str]
     ulimits: tuple[Ulimit, ...] = field(default=())
+    network: str = ""
+    """"" = a private network of this container's own, named ``name`` (made and removed by the runtime, so
+    pods cannot reach each other); otherwise the name of an existing engine network the container joins."""
+    cap_drop: tuple[str, ...] = ()
+    """Linux capabilities (without ``CAP_``) removed from the engine's default set."""
+    no_new_privileges: bool = True
+    """No process in the container can gain privileges (setuid binaries, file capabilities)."""
+    userns: str = ""
+    """User-namespace mode (Podman: ``auto``, ``host``, ...); "" = the engine's default (none)."""
 
     @property
     def instance_id(self) -> str:
         return self.labels.get(LABEL_INSTANCE, "")
 
     @property
+    def installation_id(self) -> str:
+        return self.labels.get(LABEL_INSTALLATION, "")
+
+    @property
     def published_ports(self) -> tuple[PortSpec, ...]:
         return tuple(p for p in self.ports if p.publish)
 
 
-def container_name(tenant_id: str, pod_id: str) -> str:
-    """The deterministic container name of a pod: ``openpods-<tenant>-<pod_id>``.
+def container_name(tenant_id: str, pod_id: str, installation_id: str = "") -> str:
+    """The deterministic container name of a pod: ``openpods-<installation>-<tenant>-<pod_id>``.
 
-    Raises ValueError when either part is empty or holds characters an engine would refuse in a name.
+    Every OpenPods process passes its installation id (``AppContext.installation_id``); without one the name
+    is the old scheme's ``openpods-<tenant>-<pod_id>`` (see :func:`legacy_container_name`), which two
+    installations on one engine would share. Raises ValueError when a part is empty or holds characters an
+    engine would refuse in a name.
     """
     for what, value in (("tenant_id", tenant_id), ("pod_id", pod_id)):
         if not isinstance(value, str) or not _NAME_PART_RE.match(value):
             raise ValueError(
                 f"{what} {value!r} cannot be part of a container name (lowercase letters, digits, '-')."
             )
-    return f"{CONTAINER_NAME_PREFIX}{tenant_id}-{pod_id}"
+    if not installation_id:
+        return f"{CONTAINER_NAME_PREFIX}{tenant_id}-{pod_id}"
+    if not isinstance(installation_id, str) or not _INSTALLATION_RE.match(installation_id):
+        raise ValueError(f"installation id {installation_id!r} must be 1-32 lowercase letters or digits.")
+    return f"{CONTAINER_NAME_PREFIX}{installation_id}-{tenant_id}-{pod_id}"
 
 
-def pod_labels(tenant_id: str, pod_id: str, instance_id: str) -> dict[str, str]:
-    """The identity labels of a pod's container."""
-    return {
+def legacy_container_name(tenant_id: str, pod_id: str) -> str:
+    """The name of the old scheme (``openpods-<tenant>-<pod_id>``, no installation), for migration only."""
+    return container_name(tenant_id, pod_id)
+
+
+def pod_labels(tenant_id: str, pod_id: str, instance_id: str, installation_id: str = "") -> dict[str, str]:
+    """The identity labels of a pod's container (``openpods.installation`` when an installation is given)."""
+    labels = {
         LABEL_TENANT: tenant_id,
         LABEL_POD_ID: pod_id,
         LABEL_INSTANCE: instance_id,
         LABEL_MANAGED: MANAGED_VALUE,
     }
+    if installation_id:
+        labels[LABEL_INSTALLATION] = installation_id
+    return labels
 
 
 def port_labels(ports: Sequence[PortSpec]) -> dict[str, str]:
@@ -249,6 +292,11 @@ def build_container_spec(
     resources: Mapping[str, Any],
     mounts: Sequence[MountSpec] = (),
     ulimits: Sequence[Ulimit] = (),
+    installation_id: str = "",
+    network: str = "",
+    cap_drop: Sequence[str] = DEFAULT_CAP_DROP,
+    no_new_privileges: bool = True,
+    userns: str = "",
 ) -> ContainerSpec:
     """Build the container spec of one pod instance.
 
@@ -258,10 +306,13 @@ def build_container_spec(
     - ``resources``: ``cpu_request``/``cpu_limit`` (millicpu), ``mem_request``/``mem_limit`` (MiB), ``gpus``;
       a missing key or 0 means "engine default". A request above its limit is an error.
     - ``ulimits``: at most one per name (later entries win).
+    - ``installation_id``: goes into the name and the ``openpods.installation`` label (see module doc).
+    - ``network``, ``cap_drop``, ``no_new_privileges``, ``userns``: see :class:`ContainerSpec`; capability
+      names may be given with or without ``CAP_`` and in any case.
 
     Raises ValueError for an invalid argument (empty image or instance id, bad port, ...).
     """
-    name = container_name(tenant_id, pod_id)
+    name = container_name(tenant_id, pod_id, installation_id)
     if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
         raise ValueError(f"image {image!r} is not a valid image reference")
     if not isinstance(instance_id, str) or not instance_id or "\x00" in instance_id:
@@ -286,7 +337,18 @@ def build_container_spec(
         env_out[key] = value
 
     ports = _ports(networking)
-    labels = {**pod_labels(tenant_id, pod_id, instance_id), **port_labels(ports)}
+    labels = {**pod_labels(tenant_id, pod_id, instance_id, installation_id), **port_labels(ports)}
+    caps: list[str] = []
+    for cap in cap_drop:
+        norm = cap.strip().upper().removeprefix("CAP_") if isinstance(cap, str) else ""
+        if not _CAP_RE.match(norm):
+            raise ValueError(f"capability {cap!r} is not a capability name such as NET_RAW")
+        if norm not in caps:
+            caps.append(norm)
+    if network and not _NETWORK_RE.match(network):
+        raise ValueError(f"network {network!r} is not a valid network name")
+    if not isinstance(userns, str) or any(c.isspace() or c == "\x00" for c in userns):
+        raise ValueError(f"userns {userns!r} is not a valid user-namespace mode")
 
     by_name: dict[str, Ulimit] = {}
     for u in ulimits:
@@ -307,4 +369,8 @@ def build_container_spec(
         mounts=tuple(_mount(m) for m in mounts),
         labels=labels,
         ulimits=tuple(by_name.values()),
+        network=network,
+        cap_drop=tuple(caps),
+        no_new_privileges=no_new_privileges,
+        userns=userns,
     )

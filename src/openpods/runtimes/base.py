@@ -12,6 +12,7 @@ feature the engine lacks, a command the engine refused).
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -151,6 +152,15 @@ class Runtime(abc.ABC):
           if it is merely ``created``. An ``exited`` container of the same instance is NEVER restarted (a
           finished instance is final) and its state is returned as is.
         - A container with that name and another (or no) instance label: remove it (force) and create anew.
+        - A container with that name whose ``openpods.installation`` label differs from the spec's (another
+          OpenPods installation's, or one no OpenPods made): NEVER removed or changed; RuntimeErrorPermanent.
+
+        Confinement: the container gets ``spec.cap_drop``, ``spec.no_new_privileges`` and ``spec.userns``
+        (an engine that cannot honour one raises UnsupportedFeature rather than ignoring it). With
+        ``spec.network == ""`` the container is attached to a network of its own that isolates it from every
+        other pod (Docker runtime: a bridge network named ``spec.name``, made here and removed by
+        :meth:`remove`; Kubernetes: a NetworkPolicy or equivalent); published ports stay reachable from the
+        host/proxy. Otherwise it joins the existing network ``spec.network``.
 
         Returns the state after the operation (usually ``running``; possibly already ``exited`` for a short-lived
         command). Raises ImageNotFound, UnsupportedFeature (e.g. ``spec.gpus`` on an engine without GPU
@@ -162,7 +172,9 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def remove(self, name: str, timeout_sec: float = 10) -> None:
         """Stop the container (SIGTERM, then SIGKILL after ``timeout_sec``) and remove it with its anonymous
-        volumes. Idempotent: a missing container is not an error, nor is one that is already stopped."""
+        volumes, and the private network :meth:`ensure_running` made for it (also when the container is
+        already gone). Idempotent: a missing container is not an error, nor is one that is already stopped.
+        Callers only pass names of their own installation's containers."""
 
     @abc.abstractmethod
     async def list_managed(self) -> list[ContainerState]:
@@ -209,6 +221,19 @@ class Runtime(abc.ABC):
         existing directory, a parent that is a file), ContainerNotRunning / ContainerNotFound when the container
         is not running, FileNotFoundError when ``src_path`` does not exist.
         """
+
+    async def prune_networks(self, installation_id: str, keep: Collection[str]) -> list[str]:
+        """Optional housekeeping: remove the private pod networks of installation ``installation_id`` whose
+        names are not in ``keep`` and that no container uses (left behind by a crash between making a network
+        and its container, or by a pod deleted meanwhile). Never touches another installation's networks.
+        Returns the names removed. The default does nothing (runtimes without such objects)."""
+        return []
+
+    async def rename(self, name: str, new_name: str) -> None:
+        """Optional: rename a container (used once to move containers of the old naming scheme, which lacked
+        the installation id, to their new names). Raises UnsupportedFeature where the engine cannot rename,
+        ContainerNotFound when there is no such container."""
+        raise UnsupportedFeature(f"{self.name} runtime cannot rename containers")
 
     async def supports_gpus(self) -> bool:
         """Best guess whether :meth:`ensure_running` can honour ``spec.gpus > 0``; for an early, clear refusal

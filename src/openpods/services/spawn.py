@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from openpods.api.context import AppContext
 from openpods.domain.container_spec import (
-    LABEL_INSTALLATION,
     ContainerSpec,
     MountSpec,
     build_container_spec,
@@ -18,6 +16,8 @@ from openpods.domain.container_spec import (
 from openpods.services import pods as pod_svc
 from openpods.services import templates as tpl_svc
 from openpods.services.images import check_image_allowed
+from openpods.storage.paths import PathNotFound, PathRejected
+from openpods.storage.pins import MountPins, PinSet, PinUnavailable
 from openpods.store.tables import Pod
 
 
@@ -25,7 +25,35 @@ class SpawnRefused(Exception):
     """The pod cannot be started as defined (permanent until the definition changes): → ERROR."""
 
 
-def _mounts(ctx: AppContext, pod: Pod, volume_mounts: dict[str, Any]) -> list[MountSpec]:
+def mount_pins(ctx: AppContext) -> MountPins:
+    """This process's pin directory (``<data_dir>/pins``), made once per context."""
+    if ctx.mount_pins is None:
+        ctx.mount_pins = MountPins(ctx.settings.data_dir / "pins")
+    return ctx.mount_pins
+
+
+def _pinned_source(ctx: AppContext, pins: PinSet | None, kind: str, tenant: str, key: str, sub_path: str) -> str:
+    """The bind source of a sub_path mount: a pin point that no symlink swap can redirect (see storage.pins)."""
+    if pins is None:
+        raise SpawnRefused(f"volume_mounts, {key}: sub_path mounts need pinning, which this process cannot do.")
+    ok, why = mount_pins(ctx).available(getattr(ctx.runtime, "base_url", None))
+    if not ok:
+        raise SpawnRefused(
+            f"volume_mounts, {key}: sub_path mounts cannot be made safely here ({why}); ask the operator "
+            "(setting volume_mount_pinning)."
+        )
+    try:
+        root = ctx.storage.host_path(kind, tenant, key, "")
+        return pins.pin(root, sub_path)
+    except (PathRejected, PathNotFound) as exc:
+        raise SpawnRefused(f"volume_mounts, {key}: {exc}") from None
+    except (ValueError, FileNotFoundError, LookupError) as exc:
+        raise SpawnRefused(f"volume_mounts, {key}: {exc}") from None
+    except (PinUnavailable, OSError) as exc:
+        raise SpawnRefused(f"volume_mounts, {key}: the sub_path could not be pinned: {exc}") from None
+
+
+def _mounts(ctx: AppContext, pod: Pod, volume_mounts: dict[str, Any], pins: PinSet | None) -> list[MountSpec]:
     mounts: list[MountSpec] = []
     for key, mount in volume_mounts.items():
         kind = mount.get("type")
@@ -34,18 +62,34 @@ def _mounts(ctx: AppContext, pod: Pod, volume_mounts: dict[str, Any]) -> list[Mo
         if ctx.storage is None:
             raise SpawnRefused("volume_mounts: this site has no storage backend configured.")
         object_kind = "volume" if kind == "tapisvolume" else "snapshot"
+        sub_path = mount.get("sub_path") or ""
         try:
-            source = ctx.storage.host_path(object_kind, pod.tenant_id, key, mount.get("sub_path") or "")
-        except (ValueError, FileNotFoundError, LookupError) as exc:
-            raise SpawnRefused(f"volume_mounts, {key}: {exc}") from None
+            has_sub_path = any(p not in ("", ".") for p in sub_path.split("/"))
+        except AttributeError:
+            raise SpawnRefused(f"volume_mounts, {key}: sub_path must be a string.") from None
+        # Host bind mounts (the docker runtime) are pinned; other runtimes mount by their own means.
+        pinned = has_sub_path and ctx.settings.volume_mount_pinning and getattr(ctx.runtime, "name", "") in (
+            "docker", "")
+        if pinned:
+            source = _pinned_source(ctx, pins, object_kind, pod.tenant_id, key, sub_path)
+        else:
+            try:
+                source = ctx.storage.host_path(object_kind, pod.tenant_id, key, sub_path)
+            except (ValueError, FileNotFoundError, LookupError, OSError) as exc:
+                raise SpawnRefused(f"volume_mounts, {key}: {exc}") from None
         mounts.append(MountSpec(source=str(source), target=mount.get("mount_path") or "/tapis_volume_mount",
                                 read_only=kind == "tapissnapshot"))
     return mounts
 
 
-def build_spec(ctx: AppContext, s: Session, pod: Pod) -> tuple[ContainerSpec, dict[str, Any]]:
+def build_spec(
+    ctx: AppContext, s: Session, pod: Pod, pins: PinSet | None = None
+) -> tuple[ContainerSpec, dict[str, Any]]:
     """The container spec of the pod's current instance, and its derived networking stanzas (what the proxy
-    routes). Raises SpawnRefused (with a message for the user) when the definition cannot run."""
+    routes). Raises SpawnRefused (with a message for the user) when the definition cannot run.
+
+    ``pins`` receives the pinned sources of sub_path mounts (the caller releases them once the container has
+    started); without it, a pod with a sub_path mount is refused while ``volume_mount_pinning`` is on."""
     from openpods.api.envelope import TapisError
 
     try:
@@ -61,10 +105,14 @@ def build_spec(ctx: AppContext, s: Session, pod: Pod) -> tuple[ContainerSpec, di
             tenant_id=pod.tenant_id, pod_id=pod.pod_id, instance_id=pod.instance_id, image=derived["image"],
             command=derived.get("command"), arguments=derived.get("arguments"), env=env,
             networking=derived.get("networking") or {}, resources=derived.get("resources") or {},
-            mounts=_mounts(ctx, pod, derived.get("volume_mounts") or {}),
+            mounts=_mounts(ctx, pod, derived.get("volume_mounts") or {}, pins),
             ulimits=[parse_ulimit(u) for u in ctx.settings.default_ulimits],
+            installation_id=ctx.installation_id,
+            network=ctx.settings.pod_network,
+            cap_drop=ctx.settings.container_cap_drop,
+            no_new_privileges=ctx.settings.container_no_new_privileges,
+            userns=ctx.settings.container_userns,
         )
     except ValueError as exc:
         raise SpawnRefused(str(exc)) from None
-    spec = dataclasses.replace(spec, labels={**spec.labels, LABEL_INSTALLATION: ctx.installation_id})
     return spec, derived.get("networking") or {}

@@ -40,7 +40,10 @@ re-check ``/proc/self/fd`` after opening. Regular files are opened with ``O_NONB
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import platform
 import re
 import stat
 import unicodedata
@@ -58,6 +61,7 @@ __all__ = [
     "is_inside",
     "open_directory",
     "open_dirs",
+    "open_pinned_dir",
     "open_regular_file",
     "real_root",
     "relative_parts",
@@ -161,7 +165,10 @@ def clean_parts(user_path: str, *, what: str = "path") -> tuple[str, ...]:
 
 def real_root(root: str | os.PathLike[str]) -> str:
     """The canonical absolute form of ``root`` (symlinks in the root's own path resolved)."""
-    return os.path.realpath(os.fspath(root))
+    try:
+        return os.path.realpath(os.fspath(root))
+    except OSError as exc:
+        raise PathNotFound(os.fspath(root)) from exc
 
 
 def is_inside(root_real: str, candidate: str) -> bool:
@@ -192,7 +199,10 @@ def resolve_inside(
         if must_exist and not os.path.isdir(root_real):
             raise PathNotFound(user_path)
         return Path(root_real)
-    real = os.path.realpath(os.path.join(root_real, *parts))
+    try:
+        real = os.path.realpath(os.path.join(root_real, *parts))
+    except OSError as exc:  # e.g. ENAMETOOLONG through links, EACCES on a component: never a 500
+        raise PathRejected(f"path {user_path!r} cannot be resolved ({exc.strerror}).") from None
     if not is_inside(root_real, real):
         raise PathRejected(f"path {user_path!r} leads outside the volume through a symbolic link.")
     if real == root_real and not allow_root:
@@ -352,6 +362,112 @@ def open_regular_file(root: str | os.PathLike[str], user_path: str) -> tuple[int
         raise
     _recheck(fd, root_real)
     return fd, st, real
+
+
+# ------------------------------------------------------------------------------------------- pinned resolution
+
+# openat2(2) (Linux 5.6+): resolution flags the kernel enforces for every component at once.
+_OPENAT2_NR = {"x86_64": 437, "aarch64": 437, "arm64": 437, "ppc64le": 437, "s390x": 437, "riscv64": 437}
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_PIN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc: ctypes.CDLL | None = None
+_openat2_works: bool | None = None  # None: not tried yet
+
+
+def _openat2(dir_fd: int, rel: str) -> int | None:
+    """``openat2(dir_fd, rel, O_PATH|O_DIRECTORY, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|...)``; None when the
+    kernel (or a seccomp filter) does not offer openat2, or renames keep racing it, so the caller walks."""
+    global _libc, _openat2_works
+    nr = _OPENAT2_NR.get(platform.machine())
+    if nr is None or _openat2_works is False:
+        return None
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    how = _OpenHow(_PIN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    for _ in range(3):
+        fd = _libc.syscall(nr, dir_fd, os.fsencode(rel), ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            _openat2_works = True
+            return int(fd)
+        err = ctypes.get_errno()
+        if err != errno.EAGAIN:
+            break
+    else:
+        # RESOLVE_BENEATH gives up with EAGAIN whenever any rename raced the lookup, which a pod renaming in a
+        # loop could force forever: the O_NOFOLLOW walk is just as strict and has no such failure.
+        return None
+    if err in (errno.ENOSYS, errno.EPERM) and not _openat2_works:
+        _openat2_works = False  # not available here (old kernel, seccomp): use the O_NOFOLLOW walk
+        return None
+    raise OSError(err, os.strerror(err), rel)
+
+
+def open_pinned_dir(root: str | os.PathLike[str], user_path: str, *, what: str = "sub_path") -> int:
+    """Open the directory ``user_path`` inside ``root`` so that NO component can be a symbolic link, and return
+    an ``O_PATH`` descriptor of it (the caller closes it). The descriptor pins that very directory: renaming or
+    swapping names afterwards does not change what it refers to, so a bind mount of ``/proc/self/fd/<fd>``
+    mounts exactly the directory checked here (see :mod:`openpods.storage.pins`).
+
+    Uses ``openat2`` with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`` where the kernel has it, else walks one
+    segment at a time with ``O_NOFOLLOW``. Unlike :func:`resolve_inside`, a symlink is refused even when its
+    target stays inside the root: between a check and the mount it could be swapped for one that does not.
+    Raises :class:`PathRejected` (malformed, a symlink or a file in the way, outside the root),
+    :class:`PathNotFound` (missing)."""
+    parts = clean_parts(user_path, what=what)
+    root_real = real_root(root)
+    try:
+        root_fd = os.open(root_real, _PIN_FLAGS)
+    except OSError:
+        raise PathNotFound("/") from None
+    try:
+        if not parts:
+            return os.dup(root_fd)
+        rel = "/".join(parts)
+        try:
+            fd = _openat2(root_fd, rel)
+        except FileNotFoundError:
+            raise PathNotFound(display_path(parts)) from None
+        except OSError as exc:  # ELOOP (a symlink), EXDEV (escape), ENOTDIR (a file), EAGAIN (a rename race)
+            raise PathRejected(
+                f"{what} {display_path(parts)!r} is not a plain directory inside the volume "
+                f"(a symbolic link or a file is in the way: {exc.strerror})."
+            ) from None
+        if fd is None:
+            fd = os.dup(root_fd)
+            try:
+                for i, name in enumerate(parts):
+                    try:
+                        nfd = os.open(name, _PIN_FLAGS, dir_fd=fd)
+                    except FileNotFoundError:
+                        raise PathNotFound(display_path(parts[: i + 1])) from None
+                    except OSError as exc:  # ENOTDIR: a symlink (O_NOFOLLOW|O_DIRECTORY) or a file; ELOOP
+                        raise PathRejected(
+                            f"{what} {display_path(parts[: i + 1])!r} is not a plain directory inside the volume "
+                            f"(a symbolic link or a file is in the way: {exc.strerror})."
+                        ) from None
+                    os.close(fd)
+                    fd = nfd
+            except BaseException:
+                os.close(fd)
+                raise
+    finally:
+        os.close(root_fd)
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise PathRejected(f"{what} {display_path(parts)!r} is not a directory.")
+    except BaseException:
+        os.close(fd)
+        raise
+    _recheck(fd, root_real)
+    return fd
 
 
 # ------------------------------------------------------------------------------------------- zip names

@@ -122,7 +122,8 @@ async def upload_to_jupyter(ctx: Ctx, caller: Caller, pod_id: str, request: Requ
                 ["path: a relative path inside the Jupyter home directory is required (no '..')."]
             )
         dest = f"{JUPYTER_HOME}/{rel}"
-        size = await copy_into_container(ctx, runtime, container_name(caller.tenant_id, pod_id), upload, dest)
+        name = container_name(caller.tenant_id, pod_id, ctx.installation_id)
+        size = await copy_into_container(ctx, runtime, name, upload, dest)
     finally:
         await form.close()
     await asyncio.to_thread(_log, ctx, caller, pod_id, f"'{caller.username}' uploaded a file of {size} bytes to {dest}")

@@ -57,7 +57,7 @@ def _log(ctx: AppContext, caller: Identity, pod_id: str, message: str) -> None:
 async def exec_pod_commands(ctx: Ctx, caller: Caller, pod_id: str, body: ExecutePodCommands) -> JSONResponse:
     secrets = await asyncio.to_thread(_running_pod, ctx, caller, pod_id)
     runtime = _runtime(ctx)
-    name = container_name(caller.tenant_id, pod_id)
+    name = container_name(caller.tenant_id, pod_id, ctx.installation_id)
     commands = body.normalized()
     results: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -171,7 +171,7 @@ async def upload_to_pod(ctx: Ctx, caller: Caller, pod_id: str, request: Request)
         if not dest_path.startswith("/") or "\x00" in dest_path or ".." in dest_path.split("/"):
             raise BadRequest(["dest_path: must be an absolute path without '..' segments."])
         size = await copy_into_container(
-            ctx, runtime, container_name(caller.tenant_id, pod_id), upload, dest_path
+            ctx, runtime, container_name(caller.tenant_id, pod_id, ctx.installation_id), upload, dest_path
         )
     finally:
         await form.close()

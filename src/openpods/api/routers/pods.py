@@ -240,7 +240,8 @@ def _refresh_logs(ctx: AppContext, tenant_id: str, pod_id: str, instance: str) -
     from openpods.domain.container_spec import container_name
 
     try:
-        text = ctx.run_async(ctx.runtime.logs(container_name(tenant_id, pod_id), ctx.settings.logs_max_bytes), 30)
+        name = container_name(tenant_id, pod_id, ctx.installation_id)
+        text = ctx.run_async(ctx.runtime.logs(name, ctx.settings.logs_max_bytes), 30)
     except Exception:  # the stored logs are still a good answer
         return
     try:
