@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import basic_response_checks, image, no_content_type, original_client, response_format
+from .conftest import SMALL, basic_response_checks, image, no_content_type, original_client, response_format
 
 # Container-bound; the database behaviour of these endpoints runs on both backends in tests/api.
 DB_BACKENDS = "one"
@@ -146,13 +146,34 @@ def test_upload_to_pod_with_tapipy(module_pod_server: Any, ids: dict[str, str], 
 
 
 def test_upload_to_jupyter_with_tapipy(module_pod_server: Any, ids: dict[str, str], tmp_path: Path) -> None:
-    t = module_pod_server.srv.tapis(module_pod_server.user)
+    """tapipy sends `path` as a file part. upload_to_jupyter writes only into pods made from the `jupyterlab`
+    template (issue 9), so this module makes one, with the busybox test image standing in for JupyterLab."""
+    srv, user = module_pod_server.srv, module_pod_server.user
+    admin = srv.client("admin")
+    r = admin.post("/v3/pods/templates", json={"template_id": "jupyterlab"})
+    assert r.status_code in (200, 409), r.text
+    r = admin.post("/v3/pods/templates/jupyterlab/tags", json={
+        "tag": f"compat{ids['pod'][-8:]}", "commit_message": "busybox stands in for JupyterLab",
+        "pod_definition": {"image": HTTP_IMAGE, "resources": dict(SMALL),
+                           "networking": {"default": {"protocol": "http", "port": 5000}}}})
+    assert r.status_code == 200, r.text
+    r = admin.post("/v3/pods/templates/jupyterlab/permissions", json={"user": user, "level": "READ"})
+    assert r.status_code == 200, r.text
+    jpod = f"{ids['pod']}nb"
+    t = srv.tapis(user)
+    t.pods.create_pod(pod_id=jpod, template=f"jupyterlab:compat{ids['pod'][-8:]}")
+    module_pod_server.wait_status(jpod, "AVAILABLE")
     src = tmp_path / "notebook.ipynb"
     src.write_text("{}")
     with open(src, "rb") as fh:
-        t.pods.upload_to_jupyter(pod_id=ids["pod"], file=fh, path="work/notebook.ipynb")
-    out = module_pod_server.exec_ok(ids["pod"], ["cat", "/home/jovyan/work/notebook.ipynb"])
+        t.pods.upload_to_jupyter(pod_id=jpod, file=fh, path="work/notebook.ipynb")
+    out = module_pod_server.exec_ok(jpod, ["cat", "/home/jovyan/work/notebook.ipynb"])
     assert out["stdout"] == "{}"
+    # A plain pod is never written to through the Jupyter endpoint.
+    with open(src, "rb") as fh, pytest.raises(Exception) as info:
+        t.pods.upload_to_jupyter(pod_id=ids["pod"], file=fh, path="work/notebook.ipynb")
+    assert info.value.response.status_code == 400
+    t.pods.delete_pod(pod_id=jpod)
 
 
 def test_upload_by_a_stranger_is_refused(module_pod_server: Any, ids: dict[str, str], tmp_path: Path) -> None:
