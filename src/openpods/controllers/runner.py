@@ -43,6 +43,10 @@ def setup_storage(ctx: AppContext) -> None:
     if ctx.storage is None:
         mode = ctx.settings.volume_size_enforcement
         problem = loopfs.unavailable() if mode != "api" else ""
+        if ctx.settings.runtime == "kubernetes" and mode != "api":
+            # A loop mount made in this process's mount namespace is invisible to the kubelet, which would
+            # mount the empty directory below it into pods: on Kubernetes the storage class enforces sizes.
+            problem = "the kubernetes runtime mounts volumes from the shared claim, not from this process"
         if mode == "loop" and problem:
             raise SystemExit(f"volume_size_enforcement = loop is not possible here: {problem}")
         if mode == "auto" and problem:

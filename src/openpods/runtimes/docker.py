@@ -587,7 +587,11 @@ class DockerRuntime(Runtime):
                 )
             return
         try:
-            api.create_network(spec.name, driver="bridge", labels=self._network_labels(spec), check_duplicate=True)
+            # Docker keeps user bridges apart by default (DOCKER-ISOLATION chains); Podman's netavark routes
+            # between bridges unless each is made with isolate=true.
+            options = {"isolate": "true"} if self._is_podman else None
+            api.create_network(spec.name, driver="bridge", labels=self._network_labels(spec), options=options,
+                               check_duplicate=True)
         except docker.errors.APIError as exc:
             if _is_conflict(exc) or "already exists" in _engine_message(exc).lower():
                 return  # made concurrently
