@@ -283,7 +283,12 @@ class Cluster:
     work: Path
     dbname: str = field(default_factory=lambda: f"openpods_{uuid.uuid4().hex[:8]}")
     procs: dict[str, Proc] = field(default_factory=dict)
+    lease_sec: float = LEASE_SEC
+    renew_sec: float = RENEW_SEC
+    retry_sec: float = RETRY_SEC
     _token: str = ""
+    # One public URL for every replica (as behind a load balancer): tokens name it as their issuer.
+    base_url: str = field(default_factory=lambda: f"http://localhost:{free_port()}")
 
     @property
     def database_url(self) -> str:
@@ -313,6 +318,7 @@ class Cluster:
             "OPENPODS_CPU_MIN": "10",
             "OPENPODS_HOST": "127.0.0.1",
             "OPENPODS_PORT": str(port or 8000),
+            "OPENPODS_BASE_URL": self.base_url,
         })
         return env
 
@@ -343,8 +349,10 @@ class Cluster:
         for proc in self.procs.values():
             proc.stop()
 
-    def assert_all_alive(self) -> None:
-        dead = {n: p.popen.returncode if p.popen else None for n, p in self.procs.items() if not p.alive()}
+    def assert_all_alive(self, but: str = "") -> None:
+        """Every process still runs (except ``but``, killed on purpose): none crashed on a fault."""
+        dead = {n: p.popen.returncode if p.popen else None for n, p in self.procs.items()
+                if not p.alive() and n != but}
         assert not dead, f"processes ended: {dead}\n" + "\n".join(
             f"--- {n}\n{self.procs[n].log_tail()}" for n in dead)
 
