@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     leader_renew_sec: float = Field(
         5.0,
         gt=0,
-        description="Seconds between lease renewals by the health leader; must be below leader_lease_sec. A "
+        description="Seconds between lease renewals by the health leader; at most half of leader_lease_sec. A "
         "leader that could not renew for leader_lease_sec - leader_renew_sec stops acting, before anyone "
         "else can take over.",
     )
@@ -186,8 +186,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _lease_times(self) -> Settings:
-        if self.leader_renew_sec >= self.leader_lease_sec:
-            raise ValueError("leader_renew_sec must be smaller than leader_lease_sec")
+        if self.leader_renew_sec * 2 > self.leader_lease_sec:
+            raise ValueError("leader_renew_sec must be at most half of leader_lease_sec")
         return self
 
     @field_validator("data_dir", mode="after")

@@ -39,7 +39,7 @@ class RabbitMQBus(Bus):
         # Incoming messages, or None for a local wake-up (after a reconnection): nothing to acknowledge.
         self._inbox: dict[str, asyncio.Queue[Any]] = {t: asyncio.Queue() for t in TOPICS}
         self._unacked: dict[str, list[Any]] = {}
-        self._consuming: set[str] = set()
+        self._consuming: dict[str, tuple[Any, str]] = {}  # topic -> (queue, consumer tag)
         self._connector: asyncio.Task[None] | None = None
 
     def queue_name(self, topic: str) -> str:
@@ -128,8 +128,25 @@ class RabbitMQBus(Bus):
 
     async def _consume(self, topic: str) -> None:
         queue = await self._channel.declare_queue(self.queue_name(topic), durable=True)
-        await queue.consume(self._inbox[topic].put)
-        self._consuming.add(topic)
+        tag = await queue.consume(self._inbox[topic].put)
+        self._consuming[topic] = (queue, tag)
+
+    async def _stop_consuming(self, topic: str) -> None:
+        """Hand this topic's messages back to RabbitMQ for the other consumers: the process stopped
+        listening (e.g. it is no longer the health leader), and must not sit on wake-ups meant for the one
+        that is."""
+        consumer = self._consuming.pop(topic, None)
+        held = list(self._unacked.pop(topic, []))
+        inbox = self._inbox[topic]
+        while not inbox.empty():
+            held.append(inbox.get_nowait())
+        with contextlib.suppress(Exception):
+            if consumer is not None:
+                queue, tag = consumer
+                await queue.cancel(tag)
+            for message in held:
+                if message is not None:
+                    await message.nack(requeue=True)
 
     async def wait(self, topic: str, timeout: float) -> list[Wakeup]:
         for message in self._unacked.pop(topic, []):
@@ -146,6 +163,11 @@ class RabbitMQBus(Bus):
             received.append(await asyncio.wait_for(inbox.get(), timeout))
         except TimeoutError:
             return []
+        except asyncio.CancelledError:
+            # The caller stopped listening to this topic (its task was cancelled).
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.create_task(self._stop_consuming(topic))
+            raise
         while not inbox.empty():
             received.append(inbox.get_nowait())
         self._unacked[topic] = [m for m in received if m is not None]

@@ -158,7 +158,7 @@ async def run_as_leader(engine: Engine, name: str, start: StartFn, times: LeaseT
                 failed = None
             if epoch is not None:
                 valid_until = sent + times.lease_sec - times.renew_sec
-                if not tasks:
+                if not tasks and clock() < valid_until:  # (an acquisition that took too long counts as none)
                     log.info("became %s leader (holder %s, epoch %s)", name, lease.holder, epoch)
                     TRANSITIONS.labels(name, "acquired").inc()
                     IS_LEADER.labels(name).set(1)
