@@ -349,6 +349,15 @@ class Cluster:
         for proc in self.procs.values():
             proc.stop()
 
+    def revive(self) -> None:
+        if self.rabbit.proc is None:
+            self.rabbit.start()
+        with contextlib.suppress(Exception):
+            self.pg.start()  # fails harmlessly when it runs
+        for name, proc in self.procs.items():
+            if not proc.alive():
+                self.restart(name)
+
     def assert_all_alive(self, but: str = "") -> None:
         """Every process still runs (except ``but``, killed on purpose): none crashed on a fault."""
         dead = {n: p.popen.returncode if p.popen else None for n, p in self.procs.items()

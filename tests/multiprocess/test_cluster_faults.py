@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 
 # Mirrors of conftest.py's cluster settings (conftest modules are not importable under importlib mode).
 HTTP_IMAGE = "localhost/openpods-test/http:latest"
@@ -28,6 +29,14 @@ CONVERGE_TIMEOUT = 150.0  # generous: 2 busy cores, container starts, lease/dead
 # process on a busy machine (the bound itself comes from the lease settings).
 ROUND_TRIP_ALLOWANCE_SEC = 2.0
 RESOURCES = {"cpu_request": 10, "cpu_limit": 200, "mem_request": 16, "mem_limit": 64}
+
+
+@pytest.fixture(autouse=True)
+def _revive(cluster: Any) -> Any:
+    """A failed scenario must not cascade: whatever it left dead or stopped is started again after it."""
+    yield
+    c, _ = cluster
+    c.revive()
 
 
 def wait_for(check: Any, what: str, timeout: float = CONVERGE_TIMEOUT, interval: float = 0.2) -> Any:
@@ -62,7 +71,7 @@ def create(cluster: Any, api: str, pod_id: str, *, attempts: int = 60) -> None:
         assert r.status_code != 500, f"{name} answered 500: {r.text}"
         if r.status_code == 200:
             return
-        if r.status_code == 400 and "exist" in r.text.lower() and attempt > 0:
+        if r.status_code in (400, 409) and "exist" in r.text.lower() and attempt > 0:
             return
         if r.status_code == 503:
             last = f"{name}: 503 {r.text}"
@@ -209,11 +218,15 @@ def test_postgresql_restart_mid_create(cluster: Any) -> None:
     wait_for(lambda: any(s != "REQUESTED" for s in c.statuses(pod_ids).values()), "spawning to begin",
              interval=0.01)
     c.pg.stop("immediate")  # a crash: every connection cut, no checkpoint
+    # A process (re)started while the database is down waits for it rather than exiting.
+    c.procs["spawner2"].sigkill()
+    c.restart("spawner2")
     during = new_ids("kpgdown", 2)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # Creates sent while the database is down get 503 (never 500) and are retried by the client.
         pending = pool.submit(create_batch, c, during)
         time.sleep(3)
+        c.assert_all_alive()
         c.pg.start()
         pending.result()
     assert_converged(c, engine, pod_ids + during, "after a PostgreSQL restart")
