@@ -155,11 +155,13 @@ def test_sigkill_an_api_replica_mid_create(cluster: Any) -> None:
 def test_sigkill_a_spawner_mid_create(cluster: Any) -> None:
     c, engine = cluster
     pod_ids = new_ids("kspawn", 6)
-    create_batch(c, pod_ids)
-    wait_for(lambda: 0 < containers_of(engine, c, pod_ids) < len(pod_ids) or
-             "SPAWNER SETUP" in c.statuses(pod_ids).values(), "a spawn in progress", interval=0.01)
-    at_kill = sorted(c.statuses(pod_ids).values())
-    c.procs["spawner1"].sigkill()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        creating = pool.submit(create_batch, c, pod_ids)  # the kill comes while the batch is still arriving
+        wait_for(lambda: 0 < containers_of(engine, c, pod_ids) < len(pod_ids) or
+                 "SPAWNER SETUP" in c.statuses(pod_ids).values(), "a spawn in progress", interval=0.01)
+        at_kill = sorted(c.statuses(pod_ids).values())
+        c.procs["spawner1"].sigkill()
+        creating.result()
     assert_converged(c, engine, pod_ids, f"after SIGKILL of spawner1 (statuses then: {at_kill})", dead="spawner1")
     c.restart("spawner1")
     assert_converged(c, engine, pod_ids, "after spawner1 came back")
@@ -169,13 +171,15 @@ def test_sigkill_the_health_leader_mid_create(cluster: Any) -> None:
     c, engine = cluster
     leader = wait_for(c.leader, "a health leader")
     pod_ids = new_ids("kleader")
-    create_batch(c, pod_ids)
-    # Mid-create: containers are being made and the leader has yet to see them running.
-    wait_for(lambda: any(s in ("SPAWNER SETUP", "CREATING") for s in c.statuses(pod_ids).values()),
-             "pods being created", interval=0.01)
-    lease_sec, retry_sec = c.lease_sec, c.retry_sec
-    killed_at = datetime.now(UTC).replace(tzinfo=None)
-    leader.sigkill()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        creating = pool.submit(create_batch, c, pod_ids)
+        # Mid-create: containers are being made and the leader has yet to see them running.
+        wait_for(lambda: any(s in ("SPAWNER SETUP", "CREATING") for s in c.statuses(pod_ids).values()),
+                 "pods being created", interval=0.01)
+        lease_sec, retry_sec = c.lease_sec, c.retry_sec
+        killed_at = datetime.now(UTC).replace(tzinfo=None)
+        leader.sigkill()
+        creating.result()
     holder, epoch, _acquired, expires_at = c.lease()  # final: the holder is dead and cannot renew
     new = wait_for(lambda: (lease := c.lease()) and lease[0] != holder and lease, "another health leader",
                    timeout=lease_sec + retry_sec + 60)
