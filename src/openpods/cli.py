@@ -113,7 +113,8 @@ def health(
     config: ConfigFile = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    """Run only the health loop and the snapshot scheduler (cluster shape)."""
+    """Run only the health loop, the log refresher and the snapshot scheduler (cluster shape). Several may
+    run: one leads (a lease in PostgreSQL), the others stand by and take over when it dies."""
     from openpods.server import run
 
     _logging(log_level)

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -275,6 +275,22 @@ class Settings(BaseSettings):
         "false mounts sub_paths by path (raceable; only for an engine in another mount namespace and "
         "trusted users).",
     )
+    leader_lease_sec: float = Field(
+        15.0,
+        gt=0,
+        description="Lease of the health leader (PostgreSQL; several `openpods health` processes), seconds. "
+        "When the leader dies, another process takes over within leader_lease_sec + leader_retry_sec.",
+    )
+    leader_renew_sec: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between lease renewals by the health leader; at most half of leader_lease_sec. A "
+        "leader that could not renew for leader_lease_sec - leader_renew_sec stops acting, before anyone "
+        "else can take over.",
+    )
+    leader_retry_sec: float = Field(
+        2.0, gt=0, description="Seconds between attempts of a health process that is not leader to take the lease."
+    )
     bus: Literal["memory", "rabbitmq"] = Field("memory", description="Command bus implementation.")
     rabbitmq_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL for bus=rabbitmq."
@@ -305,6 +321,12 @@ class Settings(BaseSettings):
     tls_key_file: str = Field("", description="PEM key of tls_cert_file.")
     acme_email: str = Field("", description="With an email, Traefik gets certificates from ACME (production).")
     acme_ca_server: str = Field("", description="ACME directory URL; empty means Let's Encrypt production.")
+
+    @model_validator(mode="after")
+    def _lease_times(self) -> Settings:
+        if self.leader_renew_sec * 2 > self.leader_lease_sec:
+            raise ValueError("leader_renew_sec must be at most half of leader_lease_sec")
+        return self
 
     @field_validator("data_dir", mode="after")
     @classmethod

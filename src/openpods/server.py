@@ -24,7 +24,7 @@ async def serve_async(
     """Run until SIGINT/SIGTERM or until ``stop`` is set (tests set it from another thread with
     ``loop.call_soon_threadsafe(stop.set)``)."""
     roles = set(roles)
-    ctx = ctx or build_context(settings)
+    ctx = ctx or await _build_context_when_database_answers(settings)
     ensure_admin(ctx)
     if settings.import_starter_catalog:
         ensure_starter_catalog(ctx)
@@ -67,6 +67,21 @@ async def serve_async(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
         await ctx.bus.close()
+
+
+async def _build_context_when_database_answers(settings: Settings) -> AppContext:
+    """A process started while the database is down (restarting, not up yet in a cluster) waits for it
+    instead of exiting."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    delay = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(build_context, settings)
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("database unavailable (%s); retrying in %.0fs", str(exc).splitlines()[0], delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 def run(settings: Settings, roles: Iterable[str]) -> None:

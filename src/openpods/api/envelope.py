@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
@@ -249,6 +249,14 @@ def install_error_handlers(app: FastAPI) -> None:
         # client's request was fine, the object moved under it.
         log.info("concurrent change, answered 409: %s", exc)
         return error_response(409, "The object was changed or deleted concurrently; please retry.")
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # The database is restarting or unreachable: a 503 the client may retry, not a 500.
+        log.warning("database unavailable: %s", exc)
+        return error_response(503, "The database is unavailable right now; retry shortly.",
+                              headers={"Retry-After": "2"})
 
     @app.exception_handler(DataError)
     async def _data_error(_: Request, exc: DataError) -> JSONResponse:

@@ -200,16 +200,29 @@ async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controller
         controllers.spawner = Spawner(ctx)
         controllers.tasks.append(asyncio.create_task(controllers.spawner.run(), name="spawner"))
     if "health" in roles:
-        from openpods.controllers.health import Health, LogRefresher
+        from openpods.controllers.leader import LeaseTimes, run_as_leader
 
-        controllers.health = Health(ctx)
-        controllers.tasks.append(asyncio.create_task(controllers.health.run(), name="health"))
-        if ctx.runtime is not None and hasattr(ctx.runtime, "watch_managed"):
-            controllers.tasks.append(asyncio.create_task(wake_health_on_changes(ctx), name="runtime-watch"))
-        refresher = LogRefresher(ctx, controllers.health)
-        controllers.tasks.append(asyncio.create_task(refresher.run(), name="log-refresher"))
-        from openpods.controllers.snapshots import SnapshotScheduler
-
-        controllers.scheduler = SnapshotScheduler(ctx)
-        controllers.tasks.append(asyncio.create_task(controllers.scheduler.run(), name="snapshots"))
+        # Singletons: with several health processes only the leader runs them (see controllers/leader.py).
+        times = LeaseTimes(ctx.settings.leader_lease_sec, ctx.settings.leader_renew_sec,
+                           ctx.settings.leader_retry_sec)
+        controllers.tasks.append(asyncio.create_task(
+            run_as_leader(ctx.engine, "health", lambda: _start_singletons(ctx, controllers), times),
+            name="health-leader"))
     return controllers
+
+
+def _start_singletons(ctx: AppContext, controllers: Controllers) -> list[asyncio.Task[None]]:
+    """The health loop, the log refresher and the snapshot scheduler (two schedulers would copy the same
+    scheduled run at once)."""
+    from openpods.controllers.health import Health, LogRefresher
+    from openpods.controllers.snapshots import SnapshotScheduler
+
+    controllers.health = Health(ctx)
+    refresher = LogRefresher(ctx, controllers.health)
+    controllers.scheduler = SnapshotScheduler(ctx)
+    tasks = [asyncio.create_task(controllers.health.run(), name="health"),
+             asyncio.create_task(refresher.run(), name="log-refresher"),
+             asyncio.create_task(controllers.scheduler.run(), name="snapshots")]
+    if ctx.runtime is not None and hasattr(ctx.runtime, "watch_managed"):
+        tasks.append(asyncio.create_task(wake_health_on_changes(ctx), name="runtime-watch"))
+    return tasks

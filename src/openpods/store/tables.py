@@ -166,6 +166,19 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class LeaderLease(Base):
+    """A lease that makes one process the leader of a singleton group (controllers/leader.py); times are the
+    database server's (naive UTC)."""
+
+    __tablename__ = "leader_leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    epoch: Mapped[int] = mapped_column(BigInteger, default=1)  # bumped whenever the holder changes
+    acquired_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
 class Volume(Base):
     __tablename__ = "volumes"
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
