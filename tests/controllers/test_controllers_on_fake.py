@@ -32,7 +32,8 @@ IMAGE = "localhost/openpods-test/{}:latest"
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    settings = Settings(data_dir=tmp_path / "data", runtime="none", proxy_enabled=False,
+    # Plain directories: loop-mounted volumes are tested in tests/storage (they need unmounting).
+    settings = Settings(data_dir=tmp_path / "data", runtime="none", proxy_enabled=False, volume_size_enforcement="api",
                         import_starter_catalog=False, admin_password="pw",
                         image_allow_list=[f"localhost/openpods-test/{n}" for n in ("busybox", "http", "exit0")], stuck_deadline_sec=600)
     ctx = build_context(settings)
