@@ -222,7 +222,7 @@ def get_derived_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
         pod = load_pod(s, caller, pod_id, Level.READ)
         derived = tpl_svc.derive(s, pod, ctx.settings)
     # Secrets are never substituted here: placeholders are shown as written.
-    return ok(derived, "Successfully derived pod.")
+    return ok(pod_svc.spec_view(derived), "Successfully derived pod.")
 
 
 @router.get("/{pod_id}/credentials", operation_id="get_pod_credentials", summary="get_pod_credentials")

@@ -180,7 +180,8 @@ async def upload_to_volume(ctx: Ctx, caller: Caller, volume_id: str, path: str, 
     with storage_errors():
         info = await ctx.storage.awrite_file(caller.tenant_id, volume_id, path, file_part_chunks(request),
                                              size_limit_bytes=size_limit * MB, overwrite=overwrite)
-    return ok(info.to_dict(), f"File uploaded to {info.path}.")
+    # The spec types the result as a string (the path written); the file's details go in metadata.
+    return ok(info.path, "Volume file upload successful.", metadata={"file": info.to_dict()})
 
 
 @router.get("/{volume_id}/permissions", operation_id="get_volume_permissions", summary="get_volume_permissions")
