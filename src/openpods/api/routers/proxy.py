@@ -87,7 +87,7 @@ def _stanza(ctx: AppContext, tenant_id: str, pod_id_net: str) -> dict[str, Any]:
     with ctx.sessions() as s:
         pod = s.get(Pod, (tenant_id, pod_id))
     if pod is None:
-        raise NotFound(f"Pod with identifier '{pod_id}' not found.")
+        raise NotFound(f"Pod with identifier pod_id: '{pod_id}' not found")
     stanza = (pod.routes or {}).get(key) or (pod.networking or {}).get(key)
     if not isinstance(stanza, dict):
         raise NotFound(f"Pod '{pod_id}' has no networking stanza '{key}'.")
