@@ -125,9 +125,9 @@ EXEC_MESSAGES = {
 
 
 def test_exec_messages_are_the_originals() -> None:
-    assert pod_runtime.TOTAL_TIMEOUT == EXEC_MESSAGES["total timeout"]
-    assert pod_runtime.COMMAND_TIMEOUT == EXEC_MESSAGES["command timeout"]
-    assert pod_runtime.COMMAND_FAILED == EXEC_MESSAGES["failure"]
+    assert EXEC_MESSAGES["total timeout"] == pod_runtime.TOTAL_TIMEOUT
+    assert EXEC_MESSAGES["command timeout"] == pod_runtime.COMMAND_TIMEOUT
+    assert EXEC_MESSAGES["failure"] == pod_runtime.COMMAND_FAILED
 
 
 def _msg(r: Any) -> str:
