@@ -191,7 +191,7 @@ def test_messages_are_the_originals(make_server: Any, new_id: Any) -> None:
          f"/pods/volumes/{vol}/permissions/nobody", 404)
     call("create_snapshot", "ok", "POST", "/pods/snapshots",
          json={"snapshot_id": snap, "source_volume_id": vol, "source_volume_path": "/"})
-    for _ in range(200):
+    for _ in range(600):
         if c.get(f"/v3/pods/snapshots/{snap}").json()["result"]["status"] != "CREATING":
             break
         time.sleep(0.05)
