@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dateutil.parser
 import httpx
 import pytest
 import schemathesis
@@ -219,6 +220,8 @@ def test_tapipy_reads_our_responses(check: Checker, make_module_server: Any) -> 
     pod = t.pods.create_pod(pod_id="tapipyschema", image=IMAGE, status_requested="OFF")
     assert pod.command == [] and RFC3339_Z.match(pod.creation_ts)
     assert datetime.fromisoformat(pod.update_ts).tzinfo is not None
+    # python-dateutil (a tapipy dependency, what Tapis client code uses to parse dates) reads it as UTC too.
+    assert dateutil.parser.isoparse(pod.creation_ts) == datetime.fromisoformat(pod.creation_ts)
     assert pod.get("time_to_stop_ts") is None
     t.pods.create_volume(volume_id="tapipyvol")
     result = t.pods.upload_to_volume(volume_id="tapipyvol", path="x.txt", file=b"abc")

@@ -35,6 +35,8 @@ if not SPEC.exists():
 # More for a deeper hunt: OPENPODS_TEST_SCHEMATHESIS_EXAMPLES=200 (and OPENPODS_TEST_SCHEMATHESIS_RANDOM=1).
 MAX_EXAMPLES = int(os.environ.get("OPENPODS_TEST_SCHEMATHESIS_EXAMPLES", "12"))
 DERANDOMIZE = not os.environ.get("OPENPODS_TEST_SCHEMATHESIS_RANDOM")
+# The caller: the site admin by default; OPENPODS_TEST_SCHEMATHESIS_USER=bob runs as a user with READ on the seeds.
+CALLER = os.environ.get("OPENPODS_TEST_SCHEMATHESIS_USER", "admin")
 IMAGE = "localhost/openpods-test/http"
 APP_ROOT_OR_BROWSER = ["traefik_config", "healthcheck", "error_handler", "pod_auth", "pod_auth_callback"]
 
@@ -52,7 +54,9 @@ def target(make_module_server: Any) -> dict[str, Any]:
     c.post("/v3/pods/volumes", json={"volume_id": "aaa"})
     c.post("/v3/pods/templates", json={"template_id": "aaa"})
     c.post("/v3/pods/templates/aaa/tags", json={"pod_definition": {"image": IMAGE}, "commit_message": "m"})
-    return {"base_url": srv.base_url + "/v3", "headers": {"X-Tapis-Token": srv.token("admin")}}
+    for kind in ("", "volumes/", "templates/"):
+        c.post(f"/v3/pods/{kind}aaa/permissions", json={"user": "bob", "level": "READ"})
+    return {"base_url": srv.base_url + "/v3", "headers": {"X-Tapis-Token": srv.token(CALLER)}}
 
 
 @schema.parametrize()
