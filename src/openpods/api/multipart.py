@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -52,14 +53,17 @@ async def file_part_chunks(request: Request, field: str = "file") -> AsyncIterat
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
-    async for chunk in request.stream():
-        parser.write(chunk)
-        while out:
-            yield out.pop(0)
-        if state["found"]:
-            break
-    else:
-        parser.finalize()
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            while out:
+                yield out.pop(0)
+            if state["found"]:
+                break
+        else:
+            parser.finalize()
+    except MultipartParseError as exc:  # the client's malformed body, not a server error
+        raise BadRequest([f"file: the multipart body is malformed ({exc})."]) from None
     while out:
         yield out.pop(0)
     if not state["found"]:
