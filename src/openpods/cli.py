@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from openpods.config import Settings, field_help
@@ -23,8 +26,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(templates_app, name="templates")
 console = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help=field_help("data_dir"))]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help=field_help("config_file"))]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help=escape(field_help("data_dir")))]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help=escape(field_help("config_file")))]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -40,85 +43,98 @@ def _logging(level: str) -> None:
     )
 
 
-@app.command()
-def serve(
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-    host: Annotated[str | None, typer.Option(help=field_help("host"))] = None,
-    port: Annotated[int | None, typer.Option(help=field_help("port"))] = None,
-    database_url: Annotated[str | None, typer.Option(help=field_help("database_url"))] = None,
-    base_url: Annotated[str | None, typer.Option(help=field_help("base_url"))] = None,
-    runtime: Annotated[str | None, typer.Option(help=field_help("runtime"))] = None,
-    docker_host: Annotated[str | None, typer.Option(help=field_help("docker_host"))] = None,
-    proxy: Annotated[
-        bool | None, typer.Option("--proxy/--no-proxy", help=field_help("proxy_enabled"))
-    ] = None,
-    proxy_http_port: Annotated[int | None, typer.Option(help=field_help("proxy_http_port"))] = None,
-    proxy_https_port: Annotated[int | None, typer.Option(help=field_help("proxy_https_port"))] = None,
-    domain: Annotated[str | None, typer.Option(help=field_help("domain"))] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
-) -> None:
-    """Run the API, the spawner, the health loop and Traefik in one process (embedded defaults)."""
-    from openpods.server import run
-
-    _logging(log_level)
-    settings = load_settings(
-        data_dir=data_dir,
-        config_file=config,
-        host=host,
-        port=port,
-        database_url=database_url,
-        base_url=base_url,
-        runtime=runtime,
-        docker_host=docker_host,
-        proxy_enabled=proxy,
-        proxy_http_port=proxy_http_port,
-        proxy_https_port=proxy_https_port,
-        domain=domain,
-    )
-    run(settings, roles=("api", "spawner", "health", "proxy"))
+# Options whose flag differs from the setting's name (the rest are --<name-with-dashes>).
+_OPTION_FLAGS: dict[str, tuple[str, ...]] = {
+    "config_file": ("--config", "--config-file"),
+    "proxy_enabled": ("--proxy/--no-proxy",),
+}
 
 
-@app.command()
-def api(
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-    host: Annotated[str | None, typer.Option(help=field_help("host"))] = None,
-    port: Annotated[int | None, typer.Option(help=field_help("port"))] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
-) -> None:
-    """Run only the API (cluster shape)."""
-    from openpods.server import run
-
-    _logging(log_level)
-    run(load_settings(data_dir=data_dir, config_file=config, host=host, port=port), roles=("api",))
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-@app.command()
-def spawner(
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
-) -> None:
-    """Run only the spawner (cluster shape)."""
-    from openpods.server import run
+def _setting_option(name: str) -> tuple[Any, Any]:
+    """(annotation, typer.Option) of the CLI option for one setting. Every option defaults to None (not
+    given), so the environment, the TOML file and the embedded default apply unless it is given. Help text is
+    escaped: Rich would take ``[…]`` for markup and drop it."""
+    info = Settings.model_fields[name]
+    annotation = info.annotation
+    help_text = escape(field_help(name))
+    decls = _OPTION_FLAGS.get(name)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is bool:
+        decls = decls or (f"{_flag(name)}/--no-{name.replace('_', '-')}",)
+        return bool | None, typer.Option(None, *decls, help=help_text, show_default=False)
+    decls = decls or (_flag(name),)
+    if origin is Literal:
+        return annotation | None, typer.Option(None, *decls, help=help_text)
+    if origin is list and args and args[0] is str:
+        return list[str] | None, typer.Option(None, *decls, help=help_text + " Repeat the option for more.")
+    if origin is list:  # structured lists (tenants): JSON, as in the environment variable
+        return str | None, typer.Option(None, *decls, help=help_text + " As JSON.", metavar="JSON")
+    if annotation in (int, float):
+        return annotation | None, typer.Option(None, *decls, help=help_text)
+    if Path in (annotation, *args):
+        return Path | None, typer.Option(None, *decls, help=help_text)
+    return str | None, typer.Option(None, *decls, help=help_text)
 
-    _logging(log_level)
-    run(load_settings(data_dir=data_dir, config_file=config), roles=("spawner",))
+
+def _settings_from_options(values: dict[str, Any]) -> Settings:
+    given: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == []:
+            continue
+        if name in Settings.model_fields and get_origin(Settings.model_fields[name].annotation) is list \
+                and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise typer.BadParameter(f"{_flag(name)}: not JSON ({exc})") from None
+        given[name] = value
+    return load_settings(**given)
 
 
-@app.command()
-def health(
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
-) -> None:
-    """Run only the health loop, the log refresher and the snapshot scheduler (cluster shape). Several may
-    run: one leads (a lease in PostgreSQL), the others stand by and take over when it dies."""
-    from openpods.server import run
+def _role_command(name: str, roles: tuple[str, ...], doc: str) -> None:
+    """Registers a command that runs ``roles`` with every setting as an option (the signature is built from
+    ``Settings``, so a new setting gets its option without touching this file)."""
 
-    _logging(log_level)
-    run(load_settings(data_dir=data_dir, config_file=config), roles=("health",))
+    def command(**kwargs: Any) -> None:
+        from openpods.server import run
+
+        _logging(kwargs.pop("log_level"))
+        run(_settings_from_options(kwargs), roles=roles)
+
+    params = []
+    annotations: dict[str, Any] = {}
+    for field_name in Settings.model_fields:
+        annotation, option = _setting_option(field_name)
+        params.append(inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=annotation))
+        annotations[field_name] = annotation
+    params.append(inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY,
+                                    default=typer.Option("info", help="Log level."), annotation=str))
+    annotations["log_level"] = str
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = annotations
+    command.__doc__ = doc
+    command.__name__ = name
+    app.command(
+        name,
+        epilog=escape(
+            "Every option can also be set by its environment variable (OPENPODS_<NAME>) or in the TOML file "
+            "of --config; an option given here wins over both."
+        ),
+    )(command)
+
+
+_role_command("serve", ("api", "spawner", "health", "proxy"),
+              "Run the API, the spawner, the health loop and Traefik in one process (embedded defaults).")
+_role_command("api", ("api",), "Run only the API (cluster shape).")
+_role_command("spawner", ("spawner",), "Run only the spawner (cluster shape).")
+_role_command("health", ("health",),
+              "Run only the health loop, the log refresher and the snapshot scheduler (cluster shape). Several "
+              "may run: one leads (a lease in PostgreSQL), the others stand by and take over when it dies.")
 
 
 @app.command("ca-cert")
@@ -264,7 +280,7 @@ def templates_import(
 def db_upgrade(
     data_dir: DataDir = None,
     config: ConfigFile = None,
-    database_url: Annotated[str | None, typer.Option(help=field_help("database_url"))] = None,
+    database_url: Annotated[str | None, typer.Option(help=escape(field_help("database_url")))] = None,
 ) -> None:
     """Apply database migrations."""
     from openpods.store import db

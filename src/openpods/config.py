@@ -8,6 +8,7 @@ embedded defaults below. Units are part of each name or help text.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -395,8 +396,50 @@ class _TomlSource(PydanticBaseSettingsSource):
             return tomllib.load(fh)
 
 
-def field_help(name: str) -> str:
-    """Help text of a setting (the CLI shows it for each option)."""
+# Units by name suffix/prefix, for settings whose unit is not already the whole story of their type.
+_UNIT_RULES: tuple[tuple[str, str], ...] = (
+    (r"_sec$", "seconds"),
+    (r"_bytes$", "bytes"),
+    (r"^cpu_", "millicpu (1000 = 1 CPU)"),
+    (r"^mem_", "MiB"),
+    (r"_port$", "TCP port number"),
+    (r"_max$|_stanzas$", "count"),
+)
+
+
+def field_env(name: str) -> str:
+    """The environment variable of a setting."""
+    return f"OPENPODS_{name.upper()}"
+
+
+def field_unit(name: str) -> str:
+    """The unit of a numeric setting ('' when it has none): ``json_schema_extra={"unit": …}`` or by name."""
+    extra = Settings.model_fields[name].json_schema_extra
+    if isinstance(extra, dict) and extra.get("unit"):
+        return str(extra["unit"])
+    return next((unit for pattern, unit in _UNIT_RULES if re.search(pattern, name)), "")
+
+
+def field_default(name: str) -> Any:
     info = Settings.model_fields[name]
-    env = f"OPENPODS_{name.upper()}"
-    return f"{info.description} [env {env}]"
+    return info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+
+
+def field_help(name: str) -> str:
+    """Plain help text of a setting: description, unit, environment variable and default (the CLI shows it
+    for each option; it has no markup, so the CLI escapes it)."""
+    info = Settings.model_fields[name]
+    parts = [(info.description or name).rstrip(".") + "."]
+    if unit := field_unit(name):
+        parts.append(f"Unit: {unit}.")
+    parts.append(f"Env: {field_env(name)}.")
+    default = field_default(name)
+    if "password" in name or "secret" in name:
+        parts.append("Default: generated." if not default else "")
+    elif isinstance(default, list):
+        parts.append(f"Default: {', '.join(map(str, default)) or '(none)'}.")
+    elif default in ("", None):
+        parts.append("Default: (empty).")
+    else:
+        parts.append(f"Default: {default}.")
+    return " ".join(p for p in parts if p)

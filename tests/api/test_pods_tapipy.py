@@ -86,9 +86,10 @@ def test_create_pod_and_get_pod(env: Env, new_id: Any) -> None:
     assert response.status_requested == "ON"
     # Defaults of the spec.
     assert response.time_to_stop_default == 43200
-    assert response.time_to_stop_instance is None
+    # Unset: absent (the spec types it as an integer, never null); tapipy users read it with .get().
+    assert response.get("time_to_stop_instance") is None
     assert response.compute_queue == "default"
-    assert response.command is None and response.arguments is None
+    assert response.command == [] and response.arguments == []  # unset: empty, as the spec types them
     res = response.resources
     assert (res.cpu_request, res.cpu_limit, res.mem_request, res.mem_limit, res.gpus) == (
         250,

@@ -640,7 +640,7 @@ def test_merge_precedence_user_over_nearest_over_deeper_over_defaults(
     assert d["arguments"] == ["near"]  # near > deep
     assert d["environment_variables"] == {"A": "deep", "B": "near", "C": "mine"}
     assert d["time_to_stop_default"] == 7200  # deep > site default
-    assert d["time_to_stop_instance"] is None
+    assert d.get("time_to_stop_instance") is None  # unset: absent, never null (spec type integer)
     assert d["compute_queue"] == "default"
     settings = env.server.settings
     assert d["resources"] == {
@@ -748,7 +748,7 @@ def test_minimal_template_gets_the_site_defaults(env: Env, new_id: Callable[[str
     s = env.server.settings
     assert d["image"] == IMAGE
     assert d["description"] == ""
-    assert d["command"] is None and d["arguments"] is None
+    assert d["command"] == [] and d["arguments"] == []  # unset: empty lists, never null
     assert d["environment_variables"] == {} and d["volume_mounts"] == {}
     assert d["time_to_stop_default"] == s.default_time_to_stop_sec
     assert d["compute_queue"] == "default"

@@ -93,7 +93,8 @@ def test_upload_creates_parents_and_answers_a_file_model(srv: Any, c: httpx.Clie
     r = put(c, vol, "a/b/c/deep.txt", b"deep\n")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/json"
-    info = r.json()["result"]
+    assert r.json()["result"] == "/a/b/c/deep.txt"  # the spec types the result as a string
+    info = r.json()["metadata"]["file"]
     assert info["path"] == "/a/b/c/deep.txt"
     assert info["name"] == "deep.txt"
     assert info["type"] == "file"
@@ -165,7 +166,7 @@ def test_upload_of_an_empty_file_and_of_binary_data(srv: Any, c: httpx.Client, n
     data = bytes(range(256)) * 4096  # 1 MiB, every byte value, including \r\n and boundary-like runs
     data += b"\r\n--" + b"-" * 70 + b"\r\n"
     r = put(c, vol, "bin/all.bytes", data)
-    assert r.status_code == 200 and r.json()["result"]["size"] == len(data)
+    assert r.status_code == 200 and r.json()["metadata"]["file"]["size"] == len(data)
     got = c.get(f"/v3/pods/volumes/{vol}/contents/bin/all.bytes")
     assert got.status_code == 200
     assert got.content == data
@@ -566,7 +567,7 @@ def test_any_valid_name_uploads_lists_and_downloads(
     data = f"content of {name}".encode()
     r = put(c, vol, f"dir/{name}", data)
     assert r.status_code == 200, r.text
-    assert r.json()["result"]["name"] == name
+    assert r.json()["metadata"]["file"]["name"] == name
     assert [
         f["name"] for f in c.get(f"/v3/pods/volumes/{vol}/list", params={"path": "dir"}).json()["result"]
     ] == [name]

@@ -121,7 +121,7 @@ def test_one_gigabyte_upload_and_download_with_flat_memory(make_server: Any) -> 
         )
     upload_sec = time.monotonic() - started
     assert r.status_code == 200, r.text
-    assert r.json()["result"]["size"] == TOTAL
+    assert r.json()["metadata"]["file"]["size"] == TOTAL
     target = srv.settings.data_dir / "storage" / "default" / "volumes" / "bigvolume" / "data" / "one.gb"
     assert target.stat().st_size == TOTAL
     assert c.get("/v3/pods/volumes/bigvolume").json()["result"]["size"] == 1024

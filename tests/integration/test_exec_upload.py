@@ -89,7 +89,7 @@ def test_exec_command_timeout_with_fail_on_non_success_stops_the_run(
     r = env.exec(idle_pod, [["sleep", "30"], ["echo", "after"]], command_timeout=1)
     results = _results(r)
     assert len(results) == 1
-    assert "timed out" in r.json()["message"].lower()
+    assert "command timeout" in r.json()["message"].lower()
 
 
 def test_exec_total_timeout_is_enforced(module_pod_server: Any, idle_pod: str) -> None:

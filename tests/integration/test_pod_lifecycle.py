@@ -95,7 +95,7 @@ def test_create_serve_logs_exec_upload_stop_start_restart(module_pod_server: Any
     assert stopped.status_requested == "OFF"
     pod = env.wait_status(pod_id, "STOPPED")
     assert pod["status_container"] == {}
-    assert pod["start_instance_ts"] is None and pod["time_to_stop_ts"] is None
+    assert pod.get("start_instance_ts") is None and pod.get("time_to_stop_ts") is None
     _wait(lambda: _gone(env, pod_id), what="the container to be removed")
     assert env.container_by_name(pod_id) is None
     # The last logs are kept after the stop (until the next start).
@@ -268,7 +268,7 @@ def test_time_to_stop_instance_ends_the_pod(module_pod_server: Any, new_id: Any)
     pod = env.wait_status(pod_id, "STOPPED", timeout=60)
     assert pod["status_requested"] == "OFF"
     # time_to_stop_instance applies to one instance only: reset at STOPPED (Tapis semantics).
-    assert pod["time_to_stop_instance"] is None
+    assert pod.get("time_to_stop_instance") is None
     assert any("time_to_stop" in line for line in env.logs(pod_id)["action_logs"])
     _wait(lambda: _gone(env, pod_id), what="the container to be removed")
     # The pod then stays down.

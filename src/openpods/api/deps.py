@@ -61,16 +61,17 @@ def check_level(s: Session, caller: Identity, object_type: str, object_id: str, 
     """Raises 404 if the object does not exist in the caller's tenant or the caller has no permission at all
     (its existence is not revealed), 403 if the caller's level is below ``needed``."""
     label = LABELS[object_type]
+    not_found = f"{label} with identifier {object_type}_id: '{object_id}' not found"  # the original's text
     if not exists:
-        raise NotFound(f"{label} with identifier '{object_id}' not found.")
+        raise NotFound(not_found)
     level = effective_level(repo.grants(s, object_type, caller.tenant_id, object_id), caller.username,
                             site_admin=caller.is_admin, allow_wildcard=allow_wildcard)
     if level == Level.NONE:
-        raise NotFound(f"{label} with identifier '{object_id}' not found.")
+        raise NotFound(not_found)
     if level < needed:
         raise Forbidden(
-            f"Not authorized -- you have {level.name} on {object_type} '{object_id}'; this endpoint needs "
-            f"{needed.name}."
+            f"Not authorized -- you do not have access to this endpoint. You have {level.name} on "
+            f"{object_type} '{object_id}'; it needs {needed.name}."
         )
     return level
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,10 +61,18 @@ class Conflict(TapisError):
     status_code = 409
 
 
+def rfc3339(value: datetime) -> str:
+    """A timestamp as the spec's ``date-time`` (RFC 3339) with the zone spelled ``Z``, microseconds kept:
+    ``2024-05-01T12:00:00.123456Z``. The stores hold naive UTC; a naive value without a zone would be read as
+    local time by browsers (TapisUI's ``new Date(…)``)."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _default(value: Any) -> Any:
-    """JSON for what the stores hand back besides JSON types: timestamps (naive UTC, ISO, as Tapis)."""
+    """JSON for what the stores hand back besides JSON types: timestamps (RFC 3339, UTC)."""
     if isinstance(value, datetime):
-        return value.isoformat()
+        return rfc3339(value)
     return jsonable_encoder(value)
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
 from openpods.api.context import AppContext
-from openpods.api.deps import check_level
+from openpods.api.deps import LABELS, check_level
 from openpods.api.envelope import BadRequest, Conflict, NotFound, ok
 from openpods.auth.tokens import Identity
 from openpods.domain.models import SetPermission
@@ -26,7 +26,7 @@ def get_permissions(ctx: AppContext, caller: Identity, object_type: str, object_
     with transaction(ctx.sessions) as s:
         check_level(s, caller, object_type, object_id, Level.USER, exists=exists(s), allow_wildcard=allow_wildcard)
         grants = repo.grants(s, object_type, caller.tenant_id, object_id)
-    return ok({"permissions": render(grants)})
+    return ok({"permissions": render(grants)}, f"{LABELS[object_type]} permissions retrieved successfully.")
 
 
 # Two grants to one user at once: the loser of the insert race (IntegrityError), or of a concurrent change or
@@ -49,7 +49,7 @@ def set_permission(ctx: AppContext, caller: Identity, object_type: str, object_i
             repo.add_action_log(s, "pod", caller.tenant_id, object_id, caller.username,
                                 f"'{caller.username}' set permission {body.user}:{body.level}")
         grants[body.user] = body.level
-    return ok({"permissions": render(grants)}, f"Added permission {body.user}:{body.level}.")
+    return ok({"permissions": render(grants)}, f"{LABELS[object_type]} permissions updated successfully.")
 
 
 @retry_on_stale_data
@@ -59,7 +59,8 @@ def delete_permission(ctx: AppContext, caller: Identity, object_type: str, objec
         check_level(s, caller, object_type, object_id, Level.ADMIN, exists=exists(s), allow_wildcard=allow_wildcard)
         grants = repo.grants(s, object_type, caller.tenant_id, object_id)
         if user not in grants:
-            raise NotFound(f"User '{user}' has no permission on {object_type} '{object_id}'.")
+            raise NotFound(f"Could not find permission for {object_type} with username {user} when deleting "
+                           "permission")
         if would_leave_no_admin(grants, user, None):
             raise Conflict(f"Operation would result in {object_type} with no users in ADMIN role. Rolling back.")
         repo.delete_grant(s, object_type, caller.tenant_id, object_id, user)
@@ -67,4 +68,4 @@ def delete_permission(ctx: AppContext, caller: Identity, object_type: str, objec
             repo.add_action_log(s, "pod", caller.tenant_id, object_id, caller.username,
                                 f"'{caller.username}' deleted permission of {user}")
         grants.pop(user)
-    return ok({"permissions": render(grants)}, f"Deleted permission of {user}.")
+    return ok({"permissions": render(grants)}, f"{LABELS[object_type]} permission deleted successfully.")

@@ -60,12 +60,13 @@ def check_id(value: str, what: str, *, min_len: int = 3, max_len: int = 64) -> s
 
 
 def check_description(value: str, what: str = "description") -> str:
-    if any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in value):
-        raise ValueError(f"{what} must not contain control characters.")
-    if len(value) > 255:
-        raise ValueError(f"{what} must be 255 characters or fewer.")
+    # The original's texts (clients and its tests look for them).
     if not value.isascii():
-        raise ValueError(f"{what} must be ASCII.")
+        raise ValueError(f"{what} field may only contain ASCII characters.")
+    if len(value) > 255:
+        raise ValueError(f"{what} field must be less than 255 characters. Inputted length: {len(value)}")
+    if any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} field must not contain control characters.")
     return value
 
 

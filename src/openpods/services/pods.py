@@ -22,9 +22,26 @@ _PLACEHOLDER_RE = re.compile(r"<<(?:tapissecret|TAPIS)_([A-Za-z_]+)>>")
 SECRET_NAMES = ("user_username", "user_password", "service_username", "service_password")
 
 
+# Fields the spec types without null: an unset list is shown empty (the runtime treats [] as unset too), an
+# unset integer or timestamp is left out (the spec does not require them; tapipy and TapisUI read absent as unset).
+EMPTY_AS_LIST = ("command", "arguments")
+OMIT_WHEN_NULL = ("time_to_stop_instance", "time_to_stop_ts", "start_instance_ts")
+
+
+def spec_view(view: dict[str, Any]) -> dict[str, Any]:
+    """A pod view (own or derived) without ``null`` where the spec's type has none."""
+    for name in EMPTY_AS_LIST:
+        if name in view and view[name] is None:
+            view[name] = []
+    for name in OMIT_WHEN_NULL:
+        if name in view and view[name] is None:
+            del view[name]
+    return view
+
+
 def pod_view(pod: Pod) -> dict[str, Any]:
     """The PodResponseModel of the spec: the pod's own fields plus status (no secrets, logs or internals)."""
-    return {name: getattr(pod, name) for name in POD_VIEW_FIELDS}
+    return spec_view({name: getattr(pod, name) for name in POD_VIEW_FIELDS})
 
 
 def create_credentials(box: SecretBox, tenant_id: str, pod_id: str) -> PodSecret:

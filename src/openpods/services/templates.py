@@ -63,7 +63,7 @@ def check_template_readable(s: Session, caller: Identity, template_id: str) -> N
     level = effective_level(repo.grants(s, "template", caller.tenant_id, template_id), caller.username,
                             site_admin=caller.is_admin, allow_wildcard=True)
     if not exists or level < Level.READ:
-        raise NotFound(f"Template with identifier '{template_id}' not found.")
+        raise NotFound(f"Template with identifier template_id: '{template_id}' not found")
 
 
 def pin_for_pod(s: Session, caller: Identity, ref: str) -> str:

@@ -27,7 +27,8 @@ def image_view(row: Image) -> dict:
 @router.get("", operation_id="get_images", summary="get_images")
 def get_images(ctx: Ctx, caller: Caller) -> JSONResponse:
     with transaction(ctx.sessions) as s:
-        return ok([image_view(r) for r in s.scalars(select(Image).order_by(Image.image))])
+        return ok([image_view(r) for r in s.scalars(select(Image).order_by(Image.image))],
+                  "Images retrieved successfully.")
 
 
 @router.post("", operation_id="add_image", summary="add_image")
@@ -39,7 +40,7 @@ def add_image(ctx: Ctx, caller: Caller, body: NewImage) -> JSONResponse:
         row = Image(image=body.image, tenants=body.tenants, description=body.description,
                     creation_ts=repo.utcnow(), added_by=caller.username)
         s.add(row)
-        return ok(image_view(row), f"Image '{body.image}' added to the allowlist.")
+        return ok(image_view(row), "Images added successfully.")  # sic: the original's text
 
 
 _IMAGE_LIST = TypeAdapter(list[NewImage])
@@ -77,7 +78,11 @@ def _add_images(ctx: Ctx, caller: Caller, body: list[NewImage], skip_duplicates:
                         creation_ts=repo.utcnow(), added_by=caller.username)
             s.add(row)
             added.append(image_view(row))
-        return ok(added, f"Added {len(added)} images to the allowlist.")
+        if not added:
+            message = "No images added - all images were duplicates."
+        else:
+            message = "Image added successfully." if len(added) == 1 else "Images added successfully."
+        return ok(added, message)
 
 
 @router.get("/{image_id:path}", operation_id="get_image", summary="get_image")
@@ -85,8 +90,8 @@ def get_image(ctx: Ctx, caller: Caller, image_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = s.get(Image, image_id)
         if row is None:
-            raise NotFound(f"Image '{image_id}' is not in the allowlist.")
-        return ok(image_view(row))
+            raise NotFound(f"Image with id {image_id} not found.")
+        return ok(image_view(row), "Image retrieved successfully.")
 
 
 @router.delete("/{image_id:path}", operation_id="delete_image", summary="delete_image")
@@ -95,6 +100,6 @@ def delete_image(ctx: Ctx, caller: Caller, image_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = s.get(Image, image_id)
         if row is None:
-            raise NotFound(f"Image '{image_id}' is not in the allowlist.")
+            raise NotFound(f"Image with id {image_id} not found - not deleted.")
         s.delete(row)
-    return ok("", f"Image '{image_id}' removed from the allowlist.")
+    return ok(image_id, "Image successfully deleted.")

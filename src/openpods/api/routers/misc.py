@@ -9,24 +9,30 @@ from openpods.api.envelope import error_response, ok
 
 router = APIRouter()
 HEALTHY = "I promise I'm healthy."
+# The original's texts (Traefik's error pages for the Pods API router).
+INVALID = "Invalid request: The Pods service does not know how to fulfill the request."
+UNPARSABLE = "Unable to parse Pods service response. The server may be misconfigured or overloaded."
 CANNED = {
-    502: "Timeout error waiting on Pods service response; the service may be restarting. Try again shortly.",
-    503: "Pods service is temporarily unavailable. Try again shortly.",
-    504: "Timeout waiting on Pods service response.",
+    404: "Invalid request: Invalid request: the requested URL is not an Pods endpoint.",
+    500: UNPARSABLE,
+    501: UNPARSABLE,
+    502: "Timeout error waiting on Pods service response. The server may be busy or overloaded.",
+    503: UNPARSABLE,
+    504: UNPARSABLE,
 }
 
 
 @router.get("/healthcheck", operation_id="healthcheck", summary="healthcheck")
 def healthcheck() -> JSONResponse:
-    return ok("", HEALTHY)
+    return ok(HEALTHY)  # the original's ok("I promise I'm healthy."): the text is the result
 
 
 @router.get("/v3/pods/healthcheck", include_in_schema=False)
 def pods_healthcheck() -> JSONResponse:
-    return ok("", HEALTHY)
+    return ok(HEALTHY)
 
 
 @router.get("/error-handler/{status}", operation_id="error_handler", summary="error_handler")
 def error_handler(status: int) -> JSONResponse:
     code = status if 400 <= status <= 599 else 500
-    return error_response(code, CANNED.get(code, f"Pods service error {code}."))
+    return error_response(code, CANNED.get(code, INVALID))

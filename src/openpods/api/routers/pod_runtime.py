@@ -29,6 +29,12 @@ from openpods.store import repo
 from openpods.store.db import transaction
 
 router = APIRouter(prefix="/v3/pods", tags=["pods"])
+# The original's exec messages; ours append the numbers.
+TOTAL_TIMEOUT = "Execution stopped due to total timeout. Consider increasing the total_timeout parameter."
+COMMAND_TIMEOUT = ("Execution stopped due to command timeout on latest command. Consider increasing the "
+                   "command_timeout parameter.")
+COMMAND_FAILED = ("Execution stopped due to command failure on latest command. Consider setting "
+                  "fail_on_non_success=False to continue through errors.")
 
 
 def _running_pod(ctx: AppContext, caller: Identity, pod_id: str) -> list[str]:
@@ -65,7 +71,7 @@ async def exec_pod_commands(ctx: Ctx, caller: Caller, pod_id: str, body: Execute
     for argv in commands:
         remaining = body.total_timeout - (time.monotonic() - started)
         if remaining <= 0:
-            message = f"Total timeout of {body.total_timeout} seconds reached; remaining commands not run."
+            message = f"{TOTAL_TIMEOUT} (total_timeout: {body.total_timeout} seconds; remaining commands not run.)"
             break
         timeout = min(body.command_timeout, remaining)
         stamp = datetime.now(UTC).replace(tzinfo=None).isoformat()
@@ -92,15 +98,13 @@ async def exec_pod_commands(ctx: Ctx, caller: Caller, pod_id: str, body: Execute
         )
         if result.timed_out:
             if timeout < body.command_timeout:
-                message = f"Total timeout of {body.total_timeout} seconds reached while running a command."
+                message = f"{TOTAL_TIMEOUT} (total_timeout: {body.total_timeout} seconds, reached in a command.)"
             else:
-                message = f"Command timed out after {body.command_timeout} seconds."
+                message = f"{COMMAND_TIMEOUT} (command_timeout: {body.command_timeout} seconds.)"
             if body.fail_on_non_success or timeout < body.command_timeout:
                 break
         elif success is not True and body.fail_on_non_success:
-            message = (
-                f"Command failed with exit code {result.exit_code}; fail_on_non_success stopped the run."
-            )
+            message = f"{COMMAND_FAILED} (exit code {result.exit_code}.)"
             break
     successful = sum(1 for r in results if r["success"] is True)
     summary = (

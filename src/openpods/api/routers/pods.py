@@ -100,7 +100,7 @@ def list_pods(ctx: Ctx, caller: Caller) -> JSONResponse:
             ids = repo.readable_ids(s, "pod", caller.tenant_id, [caller.username])
             query = query.where(Pod.pod_id.in_(ids))
         pods = [pod_svc.pod_view(p) for p in s.scalars(query)]
-    return ok(pods)
+    return ok(pods, "Pods retrieved successfully.")
 
 
 @router.post("", operation_id="create_pod", summary="create_pod")
@@ -157,14 +157,14 @@ def _create_pod(ctx: AppContext, caller: Identity, body: NewPod) -> JSONResponse
             raise Conflict(f"Pod with identifier '{body.pod_id}' already exists.") from None
         view = pod_svc.pod_view(pod)
     ctx.bus.publish(Wakeup(SPAWNER, caller.tenant_id, body.pod_id))
-    return ok(view)
+    return ok(view, "Pod created successfully.")
 
 
 @router.get("/{pod_id}", operation_id="get_pod", summary="get_pod")
 def get_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         pod = load_pod(s, caller, pod_id, Level.READ)
-        return ok(pod_svc.pod_view(pod))
+        return ok(pod_svc.pod_view(pod), "Pod retrieved successfully.")
 
 
 @router.put("/{pod_id}", operation_id="update_pod", summary="update_pod")
@@ -222,7 +222,7 @@ def get_derived_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
         pod = load_pod(s, caller, pod_id, Level.READ)
         derived = tpl_svc.derive(s, pod, ctx.settings)
     # Secrets are never substituted here: placeholders are shown as written.
-    return ok(derived, "Successfully derived pod.")
+    return ok(pod_svc.spec_view(derived), "Final derived pod retrieved successfully.")
 
 
 @router.get("/{pod_id}/credentials", operation_id="get_pod_credentials", summary="get_pod_credentials")
@@ -261,7 +261,7 @@ def get_pod_logs(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
         row = s.get(PodLog, (caller.tenant_id, pod_id))
         logs = row.logs if row else ""
         actions = repo.action_logs(s, "pod", caller.tenant_id, pod_id)
-    return ok({"logs": logs, "action_logs": actions})
+    return ok({"logs": logs, "action_logs": actions}, "Pod logs retrieved successfully.")
 
 
 @router.get("/{pod_id}/permissions", operation_id="get_pod_permissions", summary="get_pod_permissions")
@@ -317,7 +317,8 @@ def start_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
                                 f"'{caller.username}' ran start_pod while stopping, set to ON")
             message = "Pod is stopping; it will start again once stopped."
         else:
-            raise Conflict(f"Pod '{pod_id}' is {pod.status}; start_pod needs a stopped pod. Use restart_pod.")
+            raise Conflict("Pod must be in 'STOPPED' status to run 'start_pod'. Please run 'stop_pod' or "
+                           f"'restart_pod' instead. Pod '{pod_id}' is {pod.status}.")
         view = pod_svc.pod_view(pod)
     ctx.bus.publish(Wakeup(SPAWNER, caller.tenant_id, pod_id))
     ctx.bus.publish(Wakeup(HEALTH, caller.tenant_id, pod_id))
@@ -373,4 +374,4 @@ def _save_pod_as_template_tag(ctx: AppContext, caller: Identity, pod_id_net: str
                                  caller.username)
         repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, caller.username,
                             f"'{caller.username}' saved pod as template tag {body.template_id}:{row.tag_timestamp}")
-        return ok(tpl_svc.tag_view(row), "Template tag created from pod.")
+        return ok(tpl_svc.tag_view(row), "Template tag added successfully.")

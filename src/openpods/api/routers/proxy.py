@@ -87,7 +87,7 @@ def traefik_config_admin(ctx: Ctx, caller: Caller) -> Response:
 
 
 def _not_found(pod_id_net: str) -> NotFound:
-    return NotFound(f"Pod with identifier '{split_pod_id_net(pod_id_net)[0]}' not found.")
+    return NotFound(f"Pod with identifier pod_id: '{split_pod_id_net(pod_id_net)[0]}' not found")
 
 
 def _stanza(ctx: AppContext, tenant_id: str, pod_id_net: str) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def list_snapshots(ctx: Ctx, caller: Caller) -> JSONResponse:
         if not caller.is_admin:
             query = query.where(Snapshot.snapshot_id.in_(repo.readable_ids(s, "snapshot", caller.tenant_id,
                                                                            [caller.username])))
-        return ok([snapshot_view(r) for r in s.scalars(query)])
+        return ok([snapshot_view(r) for r in s.scalars(query)], "Snapshots retrieved successfully.")
 
 
 def _claim_snapshot(ctx: AppContext, caller: Identity, body: NewSnapshot, cron: str, retention: str) -> Snapshot:
@@ -84,7 +84,7 @@ def _claim_snapshot(ctx: AppContext, caller: Identity, body: NewSnapshot, cron: 
         level = effective_level(repo.grants(s, "volume", caller.tenant_id, body.source_volume_id), caller.username,
                                 site_admin=caller.is_admin)
         if volume is None or level == Level.NONE:
-            raise NotFound(f"Volume with identifier '{body.source_volume_id}' not found.")
+            raise NotFound(f"Volume with identifier volume_id: '{body.source_volume_id}' not found")
         if level < Level.USER:
             raise Forbidden(f"source_volume_id: snapshots need USER on volume '{body.source_volume_id}'.")
         if s.get(Snapshot, (caller.tenant_id, body.snapshot_id)) is not None:
@@ -136,7 +136,7 @@ def create_snapshot(ctx: Ctx, caller: Caller, body: NewSnapshot) -> JSONResponse
 @router.get("/{snapshot_id}", operation_id="get_snapshot", summary="get_snapshot")
 def get_snapshot(ctx: Ctx, caller: Caller, snapshot_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
-        return ok(snapshot_view(load_snapshot(s, caller, snapshot_id, Level.READ)))
+        return ok(snapshot_view(load_snapshot(s, caller, snapshot_id, Level.READ)), "Snapshot retrieved successfully.")
 
 
 @router.put("/{snapshot_id}", operation_id="update_snapshot", summary="update_snapshot")
@@ -181,7 +181,7 @@ def list_snapshot_files(ctx: Ctx, caller: Caller, snapshot_id: str, path: str = 
         load_snapshot(s, caller, snapshot_id, Level.READ)
     with storage_errors():
         files = ctx.storage.list_files("snapshot", caller.tenant_id, snapshot_id, path)
-    return ok([f.to_dict() for f in files])
+    return ok([f.to_dict() for f in files], "Snapshot file listing retrieved successfully.")
 
 
 @router.get("/{snapshot_id}/contents/{path:path}", operation_id="get_snapshot_contents",

@@ -53,7 +53,7 @@ def _tags(s: Session, tenant_id: str, template_id: str) -> list[TemplateTag]:
 @router.get("", operation_id="list_templates", summary="list_templates")
 def list_templates(ctx: Ctx, caller: Caller) -> JSONResponse:
     with transaction(ctx.sessions) as s:
-        return ok([svc.template_view(t) for t in _visible_templates(s, caller)])
+        return ok([svc.template_view(t) for t in _visible_templates(s, caller)], "Templates retrieved successfully.")
 
 
 @router.post("", operation_id="add_template", summary="add_template")
@@ -71,7 +71,7 @@ def _add_template(ctx: AppContext, caller: Identity, body: NewTemplate) -> JSONR
         row = svc.create_template(s, caller.tenant_id, body.template_id, caller.username,
                                   description=body.description, metatags=body.metatags,
                                   archive_message=body.archive_message)
-        return ok(svc.template_view(row), "Template created successfully.")
+        return ok(svc.template_view(row), "Template added successfully.")
 
 
 @router.get("/tags", operation_id="list_templates_and_tags", summary="list_templates_and_tags")
@@ -83,13 +83,13 @@ def list_templates_and_tags(ctx: Ctx, caller: Caller, full: bool = True) -> JSON
                 **svc.template_view(template),
                 "tags": [svc.tag_view(t, full=full) for t in _tags(s, caller.tenant_id, template.template_id)],
             }
-        return ok(out)
+        return ok(out, "Templates and tags retrieved successfully.")
 
 
 @router.get("/{template_id}", operation_id="get_template", summary="get_template")
 def get_template(ctx: Ctx, caller: Caller, template_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
-        return ok(svc.template_view(load_template(s, caller, template_id, Level.READ)))
+        return ok(svc.template_view(load_template(s, caller, template_id, Level.READ)), "Template retrieved successfully.")
 
 
 @router.put("/{template_id}", operation_id="update_template", summary="update_template")
@@ -125,14 +125,15 @@ def delete_template(ctx: Ctx, caller: Caller, template_id: str) -> JSONResponse:
             s.delete(tag)
         s.delete(row)
         repo.delete_object_grants(s, "template", caller.tenant_id, template_id)
-    return ok("", "Template successfully deleted.")
+    return ok("", "Template and associated Template Tags successfully deleted.")
 
 
 @router.get("/{template_id}/tags", operation_id="list_template_tags", summary="list_template_tags")
 def list_template_tags(ctx: Ctx, caller: Caller, template_id: str, full: bool = True) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         load_template(s, caller, template_id, Level.READ)
-        return ok([svc.tag_view(t, full=full) for t in _tags(s, caller.tenant_id, template_id)])
+        return ok([svc.tag_view(t, full=full) for t in _tags(s, caller.tenant_id, template_id)],
+                  "Template tags retrieved successfully.")
 
 
 @router.post("/{template_id}/tags", operation_id="add_template_tag", summary="add_template_tag")
@@ -153,7 +154,7 @@ def _add_template_tag(ctx: AppContext, caller: Identity, template_id: str, body:
             svc.check_template_readable(s, caller, parent)
         row = svc.create_tag(s, caller.tenant_id, template_id, body.tag, definition, body.commit_message,
                              caller.username)
-        return ok(svc.tag_view(row), "Template tag created successfully.")
+        return ok(svc.tag_view(row), "Template tag added successfully.")
 
 
 @router.get("/{template_id}/tags/{tag_id}", operation_id="get_template_tag", summary="get_template_tag")
@@ -163,8 +164,8 @@ def get_template_tag(ctx: Ctx, caller: Caller, template_id: str, tag_id: str) ->
         tags = _tags(s, caller.tenant_id, template_id)
         found = [t for t in tags if (t.tag_timestamp == tag_id if "@" in tag_id else t.tag == tag_id)]
         if not found:
-            raise NotFound(f"Template '{template_id}' has no tag '{tag_id}'.")
-        return ok([svc.tag_view(t) for t in found])
+            raise NotFound(f"Template tag '{tag_id}' not found for template '{template_id}'.")
+        return ok([svc.tag_view(t) for t in found], "Template tags retrieved and filtered successfully.")
 
 
 @router.get("/{template_id}/permissions", operation_id="get_template_permissions",

@@ -75,7 +75,7 @@ def list_volumes(ctx: Ctx, caller: Caller) -> JSONResponse:
         rows = list(s.scalars(query))
         for row in rows:
             _refresh_size(ctx, row)
-        return ok([volume_view(r) for r in rows])
+        return ok([volume_view(r) for r in rows], "Volumes retrieved successfully.")
 
 
 @router.post("", operation_id="create_volume", summary="create_volume")
@@ -112,7 +112,7 @@ def get_volume(ctx: Ctx, caller: Caller, volume_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         row = load_volume(s, caller, volume_id, Level.READ)
         _refresh_size(ctx, row)
-        return ok(volume_view(row))
+        return ok(volume_view(row), "Volume retrieved successfully.")
 
 
 @router.put("/{volume_id}", operation_id="update_volume", summary="update_volume")
@@ -184,7 +184,7 @@ def list_volume_files(ctx: Ctx, caller: Caller, volume_id: str, path: str = "") 
         load_volume(s, caller, volume_id, Level.READ)
     with storage_errors():
         files = ctx.storage.list_files("volume", caller.tenant_id, volume_id, path)
-    return ok([f.to_dict() for f in files])
+    return ok([f.to_dict() for f in files], "Volume file listing retrieved successfully.")
 
 
 @router.get("/{volume_id}/contents/{path:path}", operation_id="get_volume_contents", summary="get_volume_contents")
@@ -209,7 +209,8 @@ async def upload_to_volume(ctx: Ctx, caller: Caller, volume_id: str, path: str, 
     with storage_errors():
         info = await ctx.storage.awrite_file(caller.tenant_id, volume_id, path, file_part_chunks(request),
                                              size_limit_bytes=size_limit * MB, overwrite=overwrite)
-    return ok(info.to_dict(), f"File uploaded to {info.path}.")
+    # The spec types the result as a string (the path written); the file's details go in metadata.
+    return ok(info.path, "Volume file upload successful.", metadata={"file": info.to_dict()})
 
 
 @router.get("/{volume_id}/permissions", operation_id="get_volume_permissions", summary="get_volume_permissions")
