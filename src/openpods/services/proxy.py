@@ -6,12 +6,14 @@ watched file-provider directory."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
 import os
 import secrets as pysecrets
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,6 +104,7 @@ class _Entry:
     order: tuple[Any, ...]
     fragment: PodFragment
     parts: tuple[dict[str, str], ...]  # per stanza of the fragment: section → JSON members
+    joined: dict[str, str]  # section → JSON members of all its stanzas (when none is in a hostname conflict)
 
 
 def _assemble_json(members: dict[str, list[str]]) -> bytes:
@@ -149,8 +152,14 @@ class RouteTable:
         self.full_resync_every = full_resync_every
         self.syncs = 0  # completed syncs (tests, bench)
         self.rendered_pods = 0  # pod fragments rendered so far (tests, bench)
+        # The table: entries by pod, the same entries in config order, and what assembling needs to know
+        # without looking at every entry (hostname claims, shared objects used, pods with problems).
         self._entries: dict[tuple[str, str], _Entry] = {}
-        self._sorted: list[_Entry] | None = None
+        self._sorted: list[_Entry] = []
+        self._claims: Counter[str] = Counter()
+        self._conflicts = 0  # hostnames claimed more than once
+        self._needs: Counter[str] = Counter()
+        self._with_problems: set[tuple[str, str]] = set()
         self._key: tuple[Any, ...] | None = None
         self._ticks = 0
         self._sync_lock = threading.Lock()
@@ -163,55 +172,60 @@ class RouteTable:
         self._last_errors: dict[tuple[str, str], list[str]] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending_wake = False
+        self._dirty: set[tuple[str, str]] = set()
+        self._dirty_lock = threading.Lock()
         self.running = False
 
     # --- wake-ups ---------------------------------------------------------------------------------------
 
-    def notify(self) -> None:
-        """A pod changed: sync soon (thread-safe; a no-op until :meth:`run` started)."""
+    def notify(self, keys: Iterable[tuple[str, str]] = ()) -> None:
+        """These pods changed: sync them soon (thread-safe)."""
+        with self._dirty_lock:
+            self._dirty.update(keys)
         loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
-            self._pending_wake = True
-            return
-        with contextlib.suppress(RuntimeError):  # loop closed: nothing left to wake
-            loop.call_soon_threadsafe(wake.set)
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nothing left to wake
+                loop.call_soon_threadsafe(wake.set)
 
     def attach(self, sessions: sessionmaker[Session]) -> None:
-        """Wake the sync after every commit that wrote a pod row through this session factory."""
-        flag = "openpods_pod_written"
+        """Wake the sync, with the pods written, after every commit that wrote pod rows through this factory."""
+        flag = "openpods_pods_written"
 
         def after_flush(session: Session, _ctx: Any) -> None:
-            if not session.info.get(flag) and any(
-                isinstance(o, Pod) for o in (*session.new, *session.dirty, *session.deleted)
-            ):
-                session.info[flag] = True
+            for obj in (*session.new, *session.dirty, *session.deleted):
+                if isinstance(obj, Pod):
+                    session.info.setdefault(flag, set()).add((obj.tenant_id, obj.pod_id))
 
         def after_commit(session: Session) -> None:
-            if session.info.pop(flag, False):
-                self.notify()
+            keys = session.info.pop(flag, None)
+            if keys:
+                self.notify(keys)
 
-        def after_rollback(session: Session) -> None:
+        def after_rollback(session: Session, _previous: Any) -> None:
             session.info.pop(flag, None)
 
         event.listen(sessions, "after_flush", after_flush)
         event.listen(sessions, "after_commit", after_commit)
-        event.listen(sessions, "after_soft_rollback", lambda session, _prev: after_rollback(session))
+        event.listen(sessions, "after_soft_rollback", after_rollback)
 
     async def run(self, interval: float) -> None:
-        """Sync now, then on every wake-up and at least every ``interval`` seconds (until cancelled)."""
+        """Sync now, then on every wake-up (only the pods named) and at least every ``interval`` seconds (a
+        cheap check of the whole table, for changes made by other processes or straight in the database)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.running = True
         try:
             while True:
                 self._wake.clear()
-                self._pending_wake = False
+                with self._dirty_lock:
+                    keys, self._dirty = self._dirty, set()
                 try:
-                    await asyncio.to_thread(self.sync_once)
+                    await asyncio.to_thread(self.sync_once, keys=keys or None)
                 except Exception:
                     log.exception("rendering the proxy routes failed; retrying")
-                if self._pending_wake:
+                    with self._dirty_lock:
+                        self._dirty |= keys
+                if self._dirty:
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), interval)
@@ -246,86 +260,153 @@ class RouteTable:
                                func.max(Pod.status_since))).one()
         return tuple(row)
 
-    def sync_once(self, *, force: bool = False) -> bool:
-        """Bring the table up to date with the database; True when the published config changed."""
+    def sync_once(self, *, keys: Iterable[tuple[str, str]] | None = None, force: bool = False) -> bool:
+        """Bring the table up to date with the database; True when the published config changed.
+
+        With ``keys`` (pods known to have changed) only those rows are read. Otherwise a cheap aggregate over
+        all pods is compared with the last one, and only when it moved are the routed pods' revisions listed
+        (plus every ``full_resync_every`` calls, and with ``force``); either way only pods whose revision
+        changed are rendered again."""
         with self._sync_lock:
             with self.sessions() as s:
                 self._ticks += 1
-                key = self._change_key(s)
-                full = force or self._published is None or self._ticks % self.full_resync_every == 0
-                if key == self._key and not full:
-                    if self._report_failed:
-                        self._report(self._last_errors)
-                    return False
-                changed = self._refresh(s)
-                self._key = key
+                if self._published is None or force or self._ticks % self.full_resync_every == 0:
+                    keys = None
+                    self._key = None
+                if keys is not None:
+                    # The aggregate is left as it was: the next periodic check lists the revisions once and
+                    # so also sees any change made meanwhile by another process.
+                    changed = self._refresh_keys(s, list(keys))
+                else:
+                    key = self._change_key(s)
+                    if key == self._key:
+                        changed = False
+                    else:
+                        changed = self._refresh_all(s)
+                        self._key = key
             if not changed and self._published is not None:
                 if self._report_failed:
                     self._report(self._last_errors)
                 return False
             body, errors = self._assemble()
-            self._generation += 1
-            self._published = (body, f'"{self._boot}-{self._generation}"')
-            self._published_event.set()
             self.syncs += 1
-            if self.file_path is not None:
-                self._write_file(body)
+            # A new revision often renders the same (CREATING → AVAILABLE): then Traefik gets nothing new.
+            published = self._published is None or body != self._published[0]
+            if published:
+                self._generation += 1
+                self._published = (body, f'"{self._boot}-{self._generation}"')
+                self._published_event.set()
+                if self.file_path is not None:
+                    self._write_file(body)
             self._last_errors = errors
             self._report(errors)
-            return True
+            return published
 
-    def _refresh(self, s: Session) -> bool:
-        rows = s.execute(
-            select(Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts)
-            .where(Pod.status.in_(ROUTED_STATUSES), Pod.status_requested == st.ON)
-        ).all()
-        current = {(t, p): (rev, created) for t, p, rev, created in rows}
-        entries = self._entries
-        gone = [k for k in entries if k not in current]
+    _COLUMNS = (Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts, Pod.routes, Pod.host_ports)
+
+    @staticmethod
+    def _routed() -> Any:
+        return (Pod.status.in_(ROUTED_STATUSES)) & (Pod.status_requested == st.ON)
+
+    def _refresh_all(self, s: Session) -> bool:
+        current = {(t, p): rev for t, p, rev in s.execute(
+            select(Pod.tenant_id, Pod.pod_id, Pod.revision).where(self._routed()))}
+        gone = [k for k in self._entries if k not in current]
         for k in gone:
-            del entries[k]
-        stale = [k for k, (rev, _) in current.items() if (e := entries.get(k)) is None or e.revision != rev]
-        if stale:
-            self._load(s, stale, len(stale) == len(current))
-        if gone or stale:
-            self._sorted = None
+            self._drop(k)
+        stale = [k for k, rev in current.items() if (e := self._entries.get(k)) is None or e.revision != rev]
+        if stale and len(stale) == len(current):
+            self._render_rows(s.execute(select(*self._COLUMNS).where(self._routed())))
+        else:
+            for i in range(0, len(stale), 500):
+                self._render_rows(s.execute(select(*self._COLUMNS).where(
+                    tuple_(Pod.tenant_id, Pod.pod_id).in_(stale[i:i + 500]), self._routed())))
         return bool(gone or stale)
 
-    def _load(self, s: Session, keys: list[tuple[str, str]], everything: bool) -> None:
-        columns = (Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts, Pod.routes, Pod.host_ports)
-        if everything:
-            batches: Iterable[Any] = [s.execute(select(*columns).where(
-                Pod.status.in_(ROUTED_STATUSES), Pod.status_requested == st.ON))]
-        else:
-            batches = (s.execute(select(*columns).where(tuple_(Pod.tenant_id, Pod.pod_id).in_(keys[i:i + 500])))
-                       for i in range(0, len(keys), 500))
-        for batch in batches:
-            for tenant_id, pod_id, revision, created, stanzas, host_ports in batch:
-                # Rows are data, possibly malformed: the renderer validates and reports per pod.
-                hostnames = ({k: v.get("url", "") for k, v in stanzas.items() if isinstance(v, dict)}
-                             if isinstance(stanzas, dict) else {})
-                backends = ({k: f"127.0.0.1:{p}" for k, p in host_ports.items()}
-                            if isinstance(host_ports, dict) else {})
-                pod = PodRoutes(tenant_id=tenant_id, pod_id=pod_id, stanzas=stanzas, hostnames=hostnames,
-                                backends=backends)
-                fragment = next(render_pod_fragments([pod], self.render))
-                parts = tuple({section: _members(objects) for section, objects in stanza.objects.items()}
-                              for stanza in fragment.stanzas)
-                self._entries[(tenant_id, pod_id)] = _Entry(revision, (created, tenant_id, pod_id), fragment, parts)
-                self.rendered_pods += 1
+    def _refresh_keys(self, s: Session, keys: list[tuple[str, str]]) -> bool:
+        changed = False
+        for i in range(0, len(keys), 500):
+            batch = keys[i:i + 500]
+            rows = s.execute(select(*self._COLUMNS).where(tuple_(Pod.tenant_id, Pod.pod_id).in_(batch),
+                                                          self._routed())).all()
+            found = {(r[0], r[1]) for r in rows}
+            for key in batch:
+                if key not in found and key in self._entries:
+                    self._drop(key)
+                    changed = True
+            fresh = [r for r in rows if (e := self._entries.get((r[0], r[1]))) is None or e.revision != r[2]]
+            self._render_rows(fresh)
+            changed = changed or bool(fresh)
+        return changed
+
+    def _render_rows(self, rows: Iterable[Any]) -> None:
+        for tenant_id, pod_id, revision, created, stanzas, host_ports in rows:
+            # Rows are data, possibly malformed: the renderer validates and reports per pod.
+            hostnames = ({k: v.get("url", "") for k, v in stanzas.items() if isinstance(v, dict)}
+                         if isinstance(stanzas, dict) else {})
+            backends = ({k: f"127.0.0.1:{p}" for k, p in host_ports.items()}
+                        if isinstance(host_ports, dict) else {})
+            pod = PodRoutes(tenant_id=tenant_id, pod_id=pod_id, stanzas=stanzas, hostnames=hostnames,
+                            backends=backends)
+            fragment = next(render_pod_fragments([pod], self.render))
+            parts = tuple({section: _members(objects) for section, objects in stanza.objects.items()}
+                          for stanza in fragment.stanzas)
+            joined: dict[str, list[str]] = {}
+            for part in parts:
+                for section, text in part.items():
+                    joined.setdefault(section, []).append(text)
+            self._put((tenant_id, pod_id), _Entry(revision, (created, tenant_id, pod_id), fragment, parts,
+                                                  {k: ",".join(v) for k, v in joined.items()}))
+            self.rendered_pods += 1
+
+    def _put(self, key: tuple[str, str], entry: _Entry) -> None:
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = entry
+        bisect.insort(self._sorted, entry, key=lambda e: e.order)
+        for stanza in entry.fragment.stanzas:
+            self._claims[stanza.host] += 1
+            if self._claims[stanza.host] == 2:
+                self._conflicts += 1
+            self._needs.update(stanza.needs)
+        if entry.fragment.problems:
+            self._with_problems.add(key)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key)
+        i = bisect.bisect_left(self._sorted, entry.order, key=lambda e: e.order)
+        while self._sorted[i] is not entry:
+            i += 1
+        del self._sorted[i]
+        for stanza in entry.fragment.stanzas:
+            self._claims[stanza.host] -= 1
+            if self._claims[stanza.host] == 1:
+                self._conflicts -= 1
+            elif self._claims[stanza.host] == 0:
+                del self._claims[stanza.host]
+            self._needs.subtract(stanza.needs)
+        self._with_problems.discard(key)
 
     def _assemble(self) -> tuple[bytes, dict[tuple[str, str], list[str]]]:
-        if self._sorted is None:
-            self._sorted = sorted(self._entries.values(), key=lambda e: e.order)
         ordered = self._sorted
-        selection = select_routes([e.fragment for e in ordered])
         members: dict[str, list[str]] = {section: [] for section in SECTIONS}
-        for pod_index, stanza_index in selection.accepted:
-            for section, text in ordered[pod_index].parts[stanza_index].items():
-                members[section].append(text)
-        for section, objects in shared_objects(selection.needs, self.render).items():
+        if self._conflicts == 0:
+            # The common case: every stanza is routed, so each pod's members go in as one string.
+            for entry in ordered:
+                for section, text in entry.joined.items():
+                    members[section].append(text)
+            needs = frozenset(n for n, count in self._needs.items() if count > 0)
+            errors = {(e.fragment.tenant_id, e.fragment.pod_id): list(e.fragment.problems)
+                      for e in (self._entries[k] for k in self._with_problems)}
+        else:
+            selection = select_routes([e.fragment for e in ordered])
+            for pod_index, stanza_index in selection.accepted:
+                for section, text in ordered[pod_index].parts[stanza_index].items():
+                    members[section].append(text)
+            needs, errors = selection.needs, selection.errors
+        for section, objects in shared_objects(needs, self.render).items():
             members[section].append(_members(objects))
-        return _assemble_json(members), selection.errors
+        return _assemble_json(members), errors
 
     def _write_file(self, body: bytes) -> None:
         """Atomically replace the routes file; the temporary file lives outside the watched directory, so
