@@ -574,32 +574,29 @@ def old_full_render(srv: Any) -> float:
     return time.perf_counter() - started
 
 
-class ApiProbe:
-    """Back-to-back ``GET /v3/pods/<id>`` in a thread; latencies recorded while ``recording``."""
-
-    def __init__(self, srv: Any) -> None:
-        import threading
-
-        self.client = srv.client("admin")
-        self.latencies: list[float] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
+def _api_probe_worker(base_url: str, headers: dict[str, str], seconds: float) -> list[tuple[float, float]]:
+    """A client process: back-to-back ``GET /v3/pods/<id>`` for ``seconds``; (wall time, latency) pairs."""
+    out: list[tuple[float, float]] = []
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30.0, trust_env=False) as client:
+        end = time.time() + seconds
+        while time.time() < end:
             t = time.perf_counter()
-            self.client.get("/v3/pods/cfg00001").raise_for_status()
-            self.latencies.append(time.perf_counter() - t)
+            client.get("/v3/pods/cfg00001").raise_for_status()
+            out.append((time.time(), time.perf_counter() - t))
+    return out
 
-    def window(self, seconds: float) -> list[float]:
-        start = len(self.latencies)
-        time.sleep(seconds)
-        return self.latencies[start:]
 
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
+def _change_watcher(base_url: str, secret: str, etag: str, deadline_sec: float) -> float:
+    """A client process: poll ``/traefik-config`` with If-None-Match (304 while unchanged) every 2 ms; the wall
+    time of the first 200, i.e. of a new config being served."""
+    headers = {SECRET_HEADER: secret, "If-None-Match": etag}
+    with httpx.Client(base_url=base_url, timeout=30.0, trust_env=False) as client:
+        end = time.time() + deadline_sec
+        while time.time() < end:
+            if client.get("/traefik-config", headers=headers).status_code == 200:
+                return time.time()
+            time.sleep(0.002)
+    raise RuntimeError("a change never reached /traefik-config")
 
 
 def phase_config(args: argparse.Namespace, tests_conftest: ModuleType, tmp: Path) -> dict[str, Any]:
@@ -649,32 +646,34 @@ def phase_config(args: argparse.Namespace, tests_conftest: ModuleType, tmp: Path
             etag = response.headers["etag"]
             conditional = [timed({"If-None-Match": etag})[0] for _ in range(args.config_repeats)]
 
-            probe = ApiProbe(srv)
-            try:
-                idle = probe.window(3.0)
-                # Each change: commit, then poll /traefik-config (If-None-Match, as a cheap conditional
-                # poll) until the new config is served; the API probe runs all along.
+            # Clients run in other processes: the server's GIL is shared with nothing but the server.
+            admin = srv.client("admin")
+            base_url, admin_headers = str(admin.base_url), dict(admin.headers)
+            window = 3.0 + args.config_changes * 0.5 + 10.0
+            mp = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=mp) as pool:
+                pool.submit(time.sleep, 0).result()  # both workers up before anything is timed
+                pool.submit(time.sleep, 0).result()
+                probing = pool.submit(_api_probe_worker, base_url, admin_headers, window)
+                time.sleep(0.5)
+                idle_from = time.time()
+                time.sleep(3.0)
+                idle_to = busy_from = time.time()
                 changes: list[float] = []
-                busy: list[float] = []
                 for n in range(args.config_changes):
-                    start_lat = len(probe.latencies)
-                    _, current = timed()
-                    old_etag = current.headers["etag"]
-                    t = time.perf_counter()
+                    published = table.response()
+                    assert published is not None
+                    watching = pool.submit(
+                        _change_watcher, base_url, srv.ctx.proxy_secret, published[1], 30.0
+                    )
+                    time.sleep(0.3)  # the watcher is polling (304s) by now
+                    committed = time.time()
                     change_one_pod(srv, 100 + n)
-                    deadline = t + 30
-                    while True:
-                        _, r = timed({"If-None-Match": old_etag})
-                        if r.status_code == 200:
-                            changes.append(time.perf_counter() - t)
-                            break
-                        if time.perf_counter() > deadline:
-                            raise RuntimeError("a change never reached /traefik-config")
-                        time.sleep(0.002)
-                    time.sleep(0.2)
-                    busy.extend(probe.latencies[start_lat:])
-            finally:
-                probe.close()
+                    changes.append(watching.result(60) - committed)
+                busy_to = time.time()
+                samples = probing.result(window + 60)
+            idle = [lat for ts, lat in samples if idle_from <= ts <= idle_to]
+            busy = [lat for ts, lat in samples if busy_from <= ts <= busy_to]
             out[backend] = {
                 "pods": args.config_pods,
                 "insert": insert_seconds,

@@ -93,9 +93,9 @@ def routes_file(settings: Settings, secret: str) -> Path:
     return traefik_paths(traefik_settings(settings, secret)).dynamic_dir / ROUTES_FILE
 
 
-def _members(objects: dict[str, Any]) -> str:
+def _members(objects: dict[str, Any]) -> bytes:
     """``{"a":1,"b":2}`` → ``"a":1,"b":2`` (members to join into a bigger object)."""
-    return json.dumps(objects, separators=(",", ":"))[1:-1]
+    return json.dumps(objects, separators=(",", ":"))[1:-1].encode()
 
 
 @dataclass(slots=True)
@@ -103,26 +103,36 @@ class _Entry:
     revision: int
     order: tuple[Any, ...]
     fragment: PodFragment
-    parts: tuple[dict[str, str], ...]  # per stanza of the fragment: section → JSON members
-    joined: dict[str, str]  # section → JSON members of all its stanzas (when none is in a hostname conflict)
+    parts: tuple[dict[str, bytes], ...]  # per stanza of the fragment: section → JSON members
+    joined: dict[str, bytes]  # section → JSON members of all its stanzas (when none is in a hostname conflict)
 
 
-def _assemble_json(members: dict[str, list[str]]) -> bytes:
+#: Entries per chunk of the config order. A change re-joins one chunk; the body joins the chunks.
+CHUNK = 128
+
+
+@dataclass(slots=True)
+class _Chunk:
+    entries: list[_Entry]
+    text: dict[str, bytes] | None = None  # section → joined members of its entries; None: to be made
+
+
+def _assemble_json(members: dict[str, list[bytes]]) -> bytes:
     """The config as JSON from each section's members; the same shape as ``build_config``."""
 
-    def obj(section: str) -> str:
-        return "{" + ",".join(members[section]) + "}"
+    def obj(section: str) -> bytes:
+        return b"{" + b",".join(m for m in members[section] if m) + b"}"
 
-    tops: list[str] = []
+    tops: list[bytes] = []
     for top in ("http", "tcp"):
-        if members[f"{top}.routers"]:
-            inner = [f'"routers":{obj(f"{top}.routers")}', f'"services":{obj(f"{top}.services")}']
-            if members[f"{top}.middlewares"]:
-                inner.append(f'"middlewares":{obj(f"{top}.middlewares")}')
-            tops.append(f'"{top}":{{{",".join(inner)}}}')
-    if members["tls.options"]:
-        tops.append(f'"tls":{{"options":{obj("tls.options")}}}')
-    return ("{" + ",".join(tops) + "}").encode()
+        if any(members[f"{top}.routers"]):
+            inner = [b'"routers":' + obj(f"{top}.routers"), b'"services":' + obj(f"{top}.services")]
+            if any(members[f"{top}.middlewares"]):
+                inner.append(b'"middlewares":' + obj(f"{top}.middlewares"))
+            tops.append(b'"' + top.encode() + b'":{' + b",".join(inner) + b"}")
+    if any(members["tls.options"]):
+        tops.append(b'"tls":{"options":' + obj("tls.options") + b"}")
+    return b"{" + b",".join(tops) + b"}"
 
 
 class RouteTable:
@@ -155,12 +165,13 @@ class RouteTable:
         # The table: entries by pod, the same entries in config order, and what assembling needs to know
         # without looking at every entry (hostname claims, shared objects used, pods with problems).
         self._entries: dict[tuple[str, str], _Entry] = {}
-        self._sorted: list[_Entry] = []
+        self._chunks: list[_Chunk] = []  # the entries in config order, in chunks of about CHUNK
         self._claims: Counter[str] = Counter()
         self._conflicts = 0  # hostnames claimed more than once
         self._needs: Counter[str] = Counter()
         self._with_problems: set[tuple[str, str]] = set()
         self._key: tuple[Any, ...] | None = None
+        self._revisions_sql: str | None = None
         self._ticks = 0
         self._sync_lock = threading.Lock()
         self._published: tuple[bytes, str] | None = None
@@ -239,7 +250,7 @@ class RouteTable:
 
     # --- serving ----------------------------------------------------------------------------------------
 
-    def response(self, timeout: float = 30.0) -> tuple[bytes, str] | None:
+    def response(self, timeout: float = 10.0) -> tuple[bytes, str] | None:
         """(body, ETag) of the published config. Before the first sync: waits for the background task, or
         syncs right here when no task runs (an app used without the controllers' runner). ``None``: not ready."""
         published = self._published
@@ -309,19 +320,33 @@ class RouteTable:
         return (Pod.status.in_(ROUTED_STATUSES)) & (Pod.status_requested == st.ON)
 
     def _refresh_all(self, s: Session) -> bool:
-        current = {(t, p): rev for t, p, rev in s.execute(
-            select(Pod.tenant_id, Pod.pod_id, Pod.revision).where(self._routed()))}
+        current = self._revisions(s)
         gone = [k for k in self._entries if k not in current]
         for k in gone:
             self._drop(k)
         stale = [k for k, rev in current.items() if (e := self._entries.get(k)) is None or e.revision != rev]
+        changed = bool(gone)
         if stale and len(stale) == len(current):
-            self._render_rows(s.execute(select(*self._COLUMNS).where(self._routed())))
+            changed = self._render_rows(s.execute(select(*self._COLUMNS).where(self._routed()))) or changed
         else:
             for i in range(0, len(stale), 500):
-                self._render_rows(s.execute(select(*self._COLUMNS).where(
-                    tuple_(Pod.tenant_id, Pod.pod_id).in_(stale[i:i + 500]), self._routed())))
-        return bool(gone or stale)
+                changed = self._render_rows(s.execute(select(*self._COLUMNS).where(
+                    tuple_(Pod.tenant_id, Pod.pod_id).in_(stale[i:i + 500]), self._routed()))) or changed
+        return changed
+
+    def _revisions(self, s: Session) -> dict[tuple[str, str], int]:
+        """(tenant, pod) → revision of every routed pod. Straight through the DB-API cursor: this runs every
+        few seconds over every pod, and SQLAlchemy's row objects would cost several times the query."""
+        if self._revisions_sql is None:
+            stmt = select(Pod.tenant_id, Pod.pod_id, Pod.revision).where(self._routed())
+            self._revisions_sql = str(stmt.compile(dialect=s.get_bind().dialect,
+                                                   compile_kwargs={"literal_binds": True}))
+        cursor = s.connection().connection.cursor()
+        try:
+            cursor.execute(self._revisions_sql)  # constants only: nothing from users in it
+            return {(t, p): rev for t, p, rev in cursor.fetchall()}
+        finally:
+            cursor.close()
 
     def _refresh_keys(self, s: Session, keys: list[tuple[str, str]]) -> bool:
         changed = False
@@ -335,11 +360,13 @@ class RouteTable:
                     self._drop(key)
                     changed = True
             fresh = [r for r in rows if (e := self._entries.get((r[0], r[1]))) is None or e.revision != r[2]]
-            self._render_rows(fresh)
-            changed = changed or bool(fresh)
+            changed = self._render_rows(fresh) or changed
         return changed
 
-    def _render_rows(self, rows: Iterable[Any]) -> None:
+    def _render_rows(self, rows: Iterable[Any]) -> bool:
+        """Render these rows into the table; True when any pod's routes or problems differ from before (a new
+        revision that renders the same, e.g. CREATING → AVAILABLE, only updates the revision)."""
+        changed = False
         for tenant_id, pod_id, revision, created, stanzas, host_ports in rows:
             # Rows are data, possibly malformed: the renderer validates and reports per pod.
             hostnames = ({k: v.get("url", "") for k, v in stanzas.items() if isinstance(v, dict)}
@@ -351,19 +378,34 @@ class RouteTable:
             fragment = next(render_pod_fragments([pod], self.render))
             parts = tuple({section: _members(objects) for section, objects in stanza.objects.items()}
                           for stanza in fragment.stanzas)
-            joined: dict[str, list[str]] = {}
+            joined: dict[str, list[bytes]] = {}
             for part in parts:
                 for section, text in part.items():
                     joined.setdefault(section, []).append(text)
-            self._put((tenant_id, pod_id), _Entry(revision, (created, tenant_id, pod_id), fragment, parts,
-                                                  {k: ",".join(v) for k, v in joined.items()}))
             self.rendered_pods += 1
+            entry = _Entry(revision, (created, tenant_id, pod_id), fragment, parts,
+                           {k: b",".join(v) for k, v in joined.items()})
+            old = self._entries.get((tenant_id, pod_id))
+            if old is not None and old.order == entry.order and old.parts == parts and old.fragment == fragment:
+                old.revision = revision
+                continue
+            self._put((tenant_id, pod_id), entry)
+            changed = True
+        return changed
 
     def _put(self, key: tuple[str, str], entry: _Entry) -> None:
         if key in self._entries:
             self._drop(key)
         self._entries[key] = entry
-        bisect.insort(self._sorted, entry, key=lambda e: e.order)
+        chunks = self._chunks
+        i = max(0, bisect.bisect_right(chunks, entry.order, key=lambda c: c.entries[0].order) - 1)
+        if not chunks:
+            chunks.append(_Chunk([]))
+        chunk = chunks[i]
+        bisect.insort(chunk.entries, entry, key=lambda e: e.order)
+        chunk.text = None
+        if len(chunk.entries) > 2 * CHUNK:
+            chunks[i:i + 1] = [_Chunk(chunk.entries[:CHUNK]), _Chunk(chunk.entries[CHUNK:])]
         for stanza in entry.fragment.stanzas:
             self._claims[stanza.host] += 1
             if self._claims[stanza.host] == 2:
@@ -374,10 +416,13 @@ class RouteTable:
 
     def _drop(self, key: tuple[str, str]) -> None:
         entry = self._entries.pop(key)
-        i = bisect.bisect_left(self._sorted, entry.order, key=lambda e: e.order)
-        while self._sorted[i] is not entry:
-            i += 1
-        del self._sorted[i]
+        chunks = self._chunks
+        i = max(0, bisect.bisect_right(chunks, entry.order, key=lambda c: c.entries[0].order) - 1)
+        chunk = chunks[i]
+        chunk.entries.remove(entry)  # dataclass eq: the same pod and revision, i.e. this entry
+        chunk.text = None
+        if not chunk.entries:
+            del chunks[i]
         for stanza in entry.fragment.stanzas:
             self._claims[stanza.host] -= 1
             if self._claims[stanza.host] == 1:
@@ -388,17 +433,25 @@ class RouteTable:
         self._with_problems.discard(key)
 
     def _assemble(self) -> tuple[bytes, dict[tuple[str, str], list[str]]]:
-        ordered = self._sorted
-        members: dict[str, list[str]] = {section: [] for section in SECTIONS}
+        members: dict[str, list[bytes]] = {section: [] for section in SECTIONS}
         if self._conflicts == 0:
-            # The common case: every stanza is routed, so each pod's members go in as one string.
-            for entry in ordered:
-                for section, text in entry.joined.items():
+            # The common case: every stanza is routed. Each chunk keeps its joined members until one of its
+            # pods changes, so a change costs one chunk's join plus joining the chunks (C, no Python loop
+            # over every pod).
+            for chunk in self._chunks:
+                if chunk.text is None:
+                    collected: dict[str, list[bytes]] = {}
+                    for entry in chunk.entries:
+                        for section, text in entry.joined.items():
+                            collected.setdefault(section, []).append(text)
+                    chunk.text = {section: b",".join(texts) for section, texts in collected.items()}
+                for section, text in chunk.text.items():
                     members[section].append(text)
             needs = frozenset(n for n, count in self._needs.items() if count > 0)
             errors = {(e.fragment.tenant_id, e.fragment.pod_id): list(e.fragment.problems)
                       for e in (self._entries[k] for k in self._with_problems)}
         else:
+            ordered = [entry for chunk in self._chunks for entry in chunk.entries]
             selection = select_routes([e.fragment for e in ordered])
             for pod_index, stanza_index in selection.accepted:
                 for section, text in ordered[pod_index].parts[stanza_index].items():
@@ -432,15 +485,17 @@ class RouteTable:
         them, not per sync — and clear the problems of pods that route cleanly again (or are no longer
         routed). Core UPDATEs: no revision bump, so reporting is not itself a change to re-render."""
         try:
-            with transaction(self.sessions) as s:
-                reported = self._reported
-                if reported is None:
+            reported = self._reported
+            if reported is None:  # first sync of this process: what is recorded already
+                with self.sessions() as s:
                     reported = {(t, p): list(e) for t, p, e in s.execute(
                         select(Pod.tenant_id, Pod.pod_id, Pod.proxy_errors)) if e}
-                for key in [k for k, problems in errors.items() if reported.get(k) != problems]:
-                    self._set_errors(s, key, errors[key])
-                for key in [k for k in reported if k not in errors]:
-                    self._set_errors(s, key, [])
+            changes = [(k, problems) for k, problems in errors.items() if reported.get(k) != problems]
+            changes += [(k, []) for k in reported if k not in errors]
+            if changes:
+                with transaction(self.sessions) as s:
+                    for key, problems in changes:
+                        self._set_errors(s, key, problems)
             self._reported = {k: list(v) for k, v in errors.items()}
             self._report_failed = False
         except Exception:
