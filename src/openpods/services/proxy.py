@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, select, tuple_, update
+from sqlalchemy import and_, event, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from openpods.config import Settings
@@ -118,21 +118,37 @@ class _Chunk:
 
 
 def _assemble_json(members: dict[str, list[bytes]]) -> bytes:
-    """The config as JSON from each section's members; the same shape as ``build_config``."""
+    """The config as JSON from each section's members (the same shape as ``build_config``), joined once: a
+    single copy of the (megabytes of) members."""
+    pieces: list[bytes] = []
 
-    def obj(section: str) -> bytes:
-        return b"{" + b",".join(m for m in members[section] if m) + b"}"
+    def obj(section: str) -> None:
+        first = True
+        for member in members[section]:
+            if member:
+                if not first:
+                    pieces.append(b",")
+                pieces.append(member)
+                first = False
 
-    tops: list[bytes] = []
-    for top in ("http", "tcp"):
-        if any(members[f"{top}.routers"]):
-            inner = [b'"routers":' + obj(f"{top}.routers"), b'"services":' + obj(f"{top}.services")]
-            if any(members[f"{top}.middlewares"]):
-                inner.append(b'"middlewares":' + obj(f"{top}.middlewares"))
-            tops.append(b'"' + top.encode() + b'":{' + b",".join(inner) + b"}")
+    tops = [top for top in ("http", "tcp") if any(members[f"{top}.routers"])]
+    for n, top in enumerate(tops):
+        pieces.append(b"," if n else b"")
+        pieces.append(b'"' + top.encode() + b'":{"routers":{')
+        obj(f"{top}.routers")
+        pieces.append(b'},"services":{')
+        obj(f"{top}.services")
+        pieces.append(b"}")
+        if any(members[f"{top}.middlewares"]):
+            pieces.append(b',"middlewares":{')
+            obj(f"{top}.middlewares")
+            pieces.append(b"}")
+        pieces.append(b"}")
     if any(members["tls.options"]):
-        tops.append(b'"tls":{"options":' + obj("tls.options") + b"}")
-    return b"{" + b",".join(tops) + b"}"
+        pieces.append(b',"tls":{"options":{' if tops else b'"tls":{"options":{')
+        obj("tls.options")
+        pieces.append(b"}}")
+    return b"{" + b"".join(pieces) + b"}"
 
 
 class RouteTable:
@@ -331,7 +347,7 @@ class RouteTable:
         else:
             for i in range(0, len(stale), 500):
                 changed = self._render_rows(s.execute(select(*self._COLUMNS).where(
-                    tuple_(Pod.tenant_id, Pod.pod_id).in_(stale[i:i + 500]), self._routed()))) or changed
+                    self._keys_clause(stale[i:i + 500]), self._routed()))) or changed
         return changed
 
     def _revisions(self, s: Session) -> dict[tuple[str, str], int]:
@@ -348,12 +364,19 @@ class RouteTable:
         finally:
             cursor.close()
 
+    @staticmethod
+    def _keys_clause(keys: list[tuple[str, str]]) -> Any:
+        # A few pods: OR of primary-key equalities, which SQLite and PostgreSQL answer from the index (SQLite
+        # scans the table for a row-value IN).
+        if len(keys) <= 64:
+            return or_(*(and_(Pod.tenant_id == t, Pod.pod_id == p) for t, p in keys))
+        return tuple_(Pod.tenant_id, Pod.pod_id).in_(keys)
+
     def _refresh_keys(self, s: Session, keys: list[tuple[str, str]]) -> bool:
         changed = False
         for i in range(0, len(keys), 500):
             batch = keys[i:i + 500]
-            rows = s.execute(select(*self._COLUMNS).where(tuple_(Pod.tenant_id, Pod.pod_id).in_(batch),
-                                                          self._routed())).all()
+            rows = s.execute(select(*self._COLUMNS).where(self._keys_clause(batch), self._routed())).all()
             found = {(r[0], r[1]) for r in rows}
             for key in batch:
                 if key not in found and key in self._entries:
