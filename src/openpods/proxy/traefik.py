@@ -2,9 +2,10 @@
 
 - :func:`render_static_config` (pure) builds Traefik's static configuration as a dict: entrypoints ``web``
   (plain HTTP) and ``websecure`` (TLS: HTTPS routes *and* TLS TCP routes, as Tapis serves everything on 443),
-  an internal ``ping`` entrypoint on 127.0.0.1 for health checks, the HTTP provider that polls the OpenPods
-  API (``GET <api_url>/traefik-config`` with the shared secret header :data:`SECRET_HEADER`), a file provider
-  directory holding the default TLS certificate, optional ACME, access log and log level. No API/dashboard.
+  an internal ``ping`` entrypoint on 127.0.0.1 for health checks, a watched file-provider directory (the
+  default TLS certificate, and with ``provider="file"`` the pod routes OpenPods writes on every change), with
+  ``provider="http"`` the HTTP provider that polls the OpenPods API (``GET <api_url>/traefik-config`` with the
+  shared secret header :data:`SECRET_HEADER`), optional ACME, optional access log, log level. No API/dashboard.
 - :func:`render_tls_file_config` (pure) builds the file provider's dynamic config for the certificate.
 - :func:`write_config` writes both (YAML, atomically, ``0600`` because the static file holds the secret).
 - :class:`TraefikSupervisor` runs the ``traefik`` binary as a child process, waits until ping answers,
