@@ -14,7 +14,7 @@ printed next to its baseline measured in the same run, as a ratio:
    the one-machine shape worked before). The URL is probed from the ``POST`` on (new TLS connection per probe).
 2. **Throughput and latency through Traefik vs. directly**, and with Traefik's access log on (unbuffered and
    buffered; a second Traefik on the same routes): ``--requests`` GETs split over ``--clients`` processes
-   (one keep-alive httpx client each), ``--rounds`` alternating rounds.
+   (one keep-alive httpx client each), ``--rounds`` rounds, each in another order.
 3. **Route updates with ``--config-pods`` pods** (rows inserted straight into the database): the time from a
    commit that changes one pod's port to ``/traefik-config`` serving the new config (baseline: a full render
    of every pod, what each change cost before), cached and conditional GETs, and the latency of an ordinary
@@ -390,7 +390,10 @@ def phase_throughput(
         results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in paths}
         with concurrent.futures.ProcessPoolExecutor(max_workers=args.clients, mp_context=ctx) as pool:
             for round_no in range(args.rounds):
-                for kind, (url, host_header, ca) in paths.items():
+                kinds = list(paths)
+                kinds = kinds[round_no % len(kinds) :] + kinds[: round_no % len(kinds)]  # no order bias
+                for kind in kinds:
+                    url, host_header, ca = paths[kind]
                     res = run_load(pool, args.clients, args.requests, url, host_header, ca)
                     results[kind].append(res)
                     print(
@@ -726,7 +729,7 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=10, help="pods for AVAILABLE -> URL (default 10)")
     parser.add_argument("--requests", type=int, default=4000, help="GETs per path and round (default 4000)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes (default 4)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds, each in another order (default 4)")
     parser.add_argument(
         "--database",
         default="sqlite",

@@ -29,6 +29,7 @@ from openpods.domain.traefik_config import (
     PodFragment,
     PodRoutes,
     ProxyRenderSettings,
+    StanzaRoutes,
     render_pod_fragments,
     select_routes,
     shared_objects,
@@ -197,8 +198,7 @@ class RouteTable:
         self._reported: dict[tuple[str, str], list[str]] | None = None  # None: not read from the DB yet
         self._report_failed = False
         self._last_errors: dict[tuple[str, str], list[str]] = {}
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = threading.Event()
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_lock = threading.Lock()
         self.running = False
@@ -209,10 +209,7 @@ class RouteTable:
         """These pods changed: sync them soon (thread-safe)."""
         with self._dirty_lock:
             self._dirty.update(keys)
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            with contextlib.suppress(RuntimeError):  # loop closed: nothing left to wake
-                loop.call_soon_threadsafe(wake.set)
+        self._wake.set()
 
     def attach(self, sessions: sessionmaker[Session]) -> None:
         """Wake the sync, with the pods written, after every commit that wrote pod rows through this factory."""
@@ -236,28 +233,37 @@ class RouteTable:
         event.listen(sessions, "after_soft_rollback", after_rollback)
 
     async def run(self, interval: float) -> None:
-        """Sync now, then on every wake-up (only the pods named) and at least every ``interval`` seconds (a
-        cheap check of the whole table, for changes made by other processes or straight in the database)."""
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        """Keep the table up to date until cancelled: a thread of its own syncs now, then on every wake-up
+        (only the pods named) and at least every ``interval`` seconds (a cheap check of the whole table, for
+        changes made by other processes or straight in the database). A thread rather than the event loop:
+        a wake-up reaches it in one hop, and the loop never waits for a render."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._sync_forever, args=(interval, stop), name="proxy-routes",
+                                  daemon=True)
         self.running = True
+        thread.start()
         try:
-            while True:
-                self._wake.clear()
-                with self._dirty_lock:
-                    keys, self._dirty = self._dirty, set()
-                try:
-                    await asyncio.to_thread(self.sync_once, keys=keys or None)
-                except Exception:
-                    log.exception("rendering the proxy routes failed; retrying")
-                    with self._dirty_lock:
-                        self._dirty |= keys
-                if self._dirty:
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), interval)
+            await asyncio.Event().wait()  # until cancelled
         finally:
+            stop.set()
+            self._wake.set()
+            await asyncio.to_thread(thread.join, 30)
             self.running = False
+
+    def _sync_forever(self, interval: float, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            with self._dirty_lock:
+                keys, self._dirty = self._dirty, set()
+            try:
+                self.sync_once(keys=keys or None)
+            except Exception:
+                log.exception("rendering the proxy routes failed; retrying")
+                with self._dirty_lock:
+                    self._dirty |= keys
+                stop.wait(min(interval, 1.0))  # a failing database: do not spin
+            if not self._dirty:
+                self._wake.wait(interval)
 
     @property
     def generation(self) -> int:
@@ -398,9 +404,14 @@ class RouteTable:
                         if isinstance(host_ports, dict) else {})
             pod = PodRoutes(tenant_id=tenant_id, pod_id=pod_id, stanzas=stanzas, hostnames=hostnames,
                             backends=backends)
-            fragment = next(render_pod_fragments([pod], self.render))
+            rendered = next(render_pod_fragments([pod], self.render))
             parts = tuple({section: _members(objects) for section, objects in stanza.objects.items()}
-                          for stanza in fragment.stanzas)
+                          for stanza in rendered.stanzas)
+            # Kept without the objects (they live on as JSON in ``parts``): 10,000 pods' worth of small dicts
+            # would only make every full garbage collection of this process slower.
+            fragment = PodFragment(rendered.tenant_id, rendered.pod_id,
+                                   tuple(StanzaRoutes(x.key, x.host, {}, x.needs) for x in rendered.stanzas),
+                                   rendered.problems)
             joined: dict[str, list[bytes]] = {}
             for part in parts:
                 for section, text in part.items():
