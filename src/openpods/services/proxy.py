@@ -307,9 +307,11 @@ class RouteTable:
                     keys = None
                     self._key = None
                 if keys is not None:
-                    # The aggregate is left as it was: the next periodic check lists the revisions once and
-                    # so also sees any change made meanwhile by another process.
                     changed = self._refresh_keys(s, list(keys))
+                    # Our own change moved the aggregate: take the new one, so that the next periodic check
+                    # does not list every pod again. A change another process committed in the same
+                    # milliseconds is then found by the full check every ``full_resync_every`` syncs.
+                    self._key = self._change_key(s)
                 else:
                     key = self._change_key(s)
                     if key == self._key:
