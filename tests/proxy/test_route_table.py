@@ -354,6 +354,14 @@ def test_endpoint_serves_published_bytes_with_etag_and_reports_without_polls(mak
     # a wrong secret gets nothing, whatever its If-None-Match
     assert client.get("/traefik-config", headers={SECRET_HEADER: "x", "If-None-Match": etag}).status_code == 401
 
+    # Pollers that accept gzip (Traefik does) get the body compressed once in the background.
+    def gzipped() -> Any:
+        r = client.get("/traefik-config", headers={SECRET_HEADER: ctx.proxy_secret, "Accept-Encoding": "gzip"})
+        return r if r.headers.get("content-encoding") == "gzip" else None
+
+    wait_for(gzipped, "a gzip-encoded answer")
+    assert gzipped().json() == first.json()  # httpx decodes it
+
     add_pod(ctx, "another", 3)
     wait_for(lambda: ctx.proxy_config.response()[1] != etag, "a new config")
     changed = client.get("/traefik-config", headers={SECRET_HEADER: ctx.proxy_secret, "If-None-Match": etag})

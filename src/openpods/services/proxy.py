@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -194,6 +195,8 @@ class RouteTable:
         self._published: tuple[bytes, str] | None = None
         self._published_event = threading.Event()
         self._boot = pysecrets.token_hex(4)
+        self._gzip: tuple[str, bytes] | None = None  # (ETag, gzip of that body) for pollers that accept gzip
+        self._gzip_wanted = False
         self._generation = 0
         self._reported: dict[tuple[str, str], list[str]] | None = None  # None: not read from the DB yet
         self._report_failed = False
@@ -257,6 +260,9 @@ class RouteTable:
                 keys, self._dirty = self._dirty, set()
             try:
                 self.sync_once(keys=keys or None)
+                if self._gzip_wanted and self._published and (self._gzip is None
+                                                              or self._gzip[0] != self._published[1]):
+                    self._compress()
             except Exception:
                 log.exception("rendering the proxy routes failed; retrying")
                 with self._dirty_lock:
@@ -271,6 +277,14 @@ class RouteTable:
         return self._generation
 
     # --- serving ----------------------------------------------------------------------------------------
+
+    def gzipped(self, etag: str) -> bytes | None:
+        """The gzip of the published body with this ETag, if made yet (asking makes every next one)."""
+        if not self._gzip_wanted:
+            self._gzip_wanted = True
+            self.notify()  # compress the current one soon
+        gz = self._gzip
+        return gz[1] if gz is not None and gz[0] == etag else None
 
     def response(self, timeout: float = 10.0) -> tuple[bytes, str] | None:
         """(body, ETag) of the published config. Before the first sync: waits for the background task, or
@@ -333,9 +347,18 @@ class RouteTable:
                 self._published_event.set()
                 if self.file_path is not None:
                     self._write_file(body)
+            if published and self._gzip_wanted:
+                self._compress()
             self._last_errors = errors
             self._report(errors)
             return published
+
+    def _compress(self) -> None:
+        # Traefik's HTTP provider accepts gzip: ~20x fewer bytes for the API's event loop to send on each
+        # poll. Compressed here, once per config (zlib releases the GIL), never per request.
+        published = self._published
+        if published is not None:
+            self._gzip = (published[1], gzip.compress(published[0], compresslevel=1, mtime=0))
 
     _COLUMNS = (Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts, Pod.routes, Pod.host_ports)
 

@@ -46,9 +46,13 @@ def _config_response(ctx: AppContext, request: Request) -> Response:
     if published is None:  # Traefik keeps its last good config on an error
         return error_response(503, "The proxy routes are not rendered yet; try again shortly.")
     body, etag = published
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        gz = ctx.proxy_config.gzipped(etag)  # made in the background; until then the plain body
+        if gz is not None:
+            return Response(gz, media_type="application/json", headers=headers | {"Content-Encoding": "gzip"})
     return Response(body, media_type="application/json", headers=headers)
 
 
