@@ -2,7 +2,11 @@
 
 This module is pure: no I/O, no clock, no globals that change. :func:`render_dynamic_config` turns the stored
 networking stanzas of every pod into one Traefik dynamic configuration (a JSON-serialisable ``dict`` for
-Traefik's HTTP provider) and a per-pod list of problems.
+Traefik's HTTP provider) and a per-pod list of problems. It is made of three steps that a cache can use on
+their own: :func:`render_pod_fragments` renders each pod alone (a :class:`PodFragment`, valid until that pod
+changes), :func:`select_routes` puts fragments together (hostname conflicts between pods) and
+:func:`shared_objects` adds what many stanzas refer to (the HTTPS redirect, the API service, the PostgreSQL TLS
+option).
 
 Contract:
 
