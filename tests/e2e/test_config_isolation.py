@@ -255,16 +255,29 @@ def test_routes_reach_traefik_through_either_provider(
 
     def get() -> int:
         with httpx.Client(verify=context, timeout=5, trust_env=False) as client:
-            r = client.get(f"https://127.0.0.1:{https_port}/", headers={"Host": host},
-                           extensions={"sni_hostname": host})
+            r = client.get(
+                f"https://127.0.0.1:{https_port}/", headers={"Host": host}, extensions={"sni_hostname": host}
+            )
             return r.status_code if r.status_code != 200 or r.text.strip() == HELLO else -1
 
     now = datetime.now(UTC).replace(tzinfo=None)
     stanza = {"protocol": "http", "port": 5000, "url": host}
     with srv.ctx.sessions() as s, s.begin():
-        s.add(Pod(tenant_id=srv.default_tenant, pod_id=pod_id, image="img", status="AVAILABLE",
-                  status_requested="ON", status_since=now, creation_ts=now, update_ts=now,
-                  networking={"default": stanza}, routes={"default": stanza}, host_ports={"default": port}))
+        s.add(
+            Pod(
+                tenant_id=srv.default_tenant,
+                pod_id=pod_id,
+                image="img",
+                status="AVAILABLE",
+                status_requested="ON",
+                status_since=now,
+                creation_ts=now,
+                update_ts=now,
+                networking={"default": stanza},
+                routes={"default": stanza},
+                host_ports={"default": port},
+            )
+        )
     wait_until(lambda: get() == 200, what=f"the route through the {provider} provider")
     assert (host in routes_file.read_text()) if provider == "file" else not routes_file.exists()
 

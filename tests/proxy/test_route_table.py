@@ -29,8 +29,13 @@ BASE_TS = datetime(2026, 1, 1)
 
 @pytest.fixture
 def ctx(database_url: str, tmp_path: Path) -> Iterator[AppContext]:
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, runtime="none",
-                        proxy_enabled=False, import_starter_catalog=False)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        runtime="none",
+        proxy_enabled=False,
+        import_starter_catalog=False,
+    )
     context = build_context(settings)
     try:
         yield context
@@ -50,15 +55,35 @@ def stanzas_for(pod_id: str, n: int) -> dict[str, Any]:
     return stanzas
 
 
-def add_pod(ctx: AppContext, pod_id: str, n: int = 1, *, tenant: str = "default", status: str = "AVAILABLE",
-            routes: Any = None) -> None:
+def add_pod(
+    ctx: AppContext,
+    pod_id: str,
+    n: int = 1,
+    *,
+    tenant: str = "default",
+    status: str = "AVAILABLE",
+    routes: Any = None,
+) -> None:
     routes = stanzas_for(pod_id, n) if routes is None else routes
     ts = BASE_TS + timedelta(seconds=n)
     with ctx.sessions() as s, s.begin():
-        s.add(Pod(tenant_id=tenant, pod_id=pod_id, image="img", status="AVAILABLE", status_requested="ON",
-                  status_since=ts, creation_ts=ts, update_ts=ts, networking=routes, routes=routes,
-                  host_ports={k: 20000 + n * 4 + i for i, k in enumerate(routes)} if isinstance(routes, dict)
-                  else {}))
+        s.add(
+            Pod(
+                tenant_id=tenant,
+                pod_id=pod_id,
+                image="img",
+                status="AVAILABLE",
+                status_requested="ON",
+                status_since=ts,
+                creation_ts=ts,
+                update_ts=ts,
+                networking=routes,
+                routes=routes,
+                host_ports={k: 20000 + n * 4 + i for i, k in enumerate(routes)}
+                if isinstance(routes, dict)
+                else {},
+            )
+        )
     if status != "AVAILABLE":
         change(ctx, pod_id, tenant=tenant, status=status)
 
@@ -85,13 +110,21 @@ def config(table: RouteTable) -> dict[str, Any]:
 def full_render(ctx: AppContext) -> Any:
     """What the old, render-everything-on-each-poll endpoint produced for the same rows."""
     with ctx.sessions() as s:
-        rows = s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.routes, Pod.host_ports)
-                         .where(Pod.status.in_(("CREATING", "AVAILABLE")), Pod.status_requested == "ON")
-                         .order_by(Pod.creation_ts, Pod.tenant_id, Pod.pod_id)).all()
-    routes = [PodRoutes(t, p, r, {k: v.get("url", "") for k, v in r.items() if isinstance(v, dict)}
-                        if isinstance(r, dict) else {},
-                        {k: f"127.0.0.1:{port}" for k, port in hp.items()} if isinstance(hp, dict) else {})
-              for t, p, r, hp in rows]
+        rows = s.execute(
+            select(Pod.tenant_id, Pod.pod_id, Pod.routes, Pod.host_ports)
+            .where(Pod.status.in_(("CREATING", "AVAILABLE")), Pod.status_requested == "ON")
+            .order_by(Pod.creation_ts, Pod.tenant_id, Pod.pod_id)
+        ).all()
+    routes = [
+        PodRoutes(
+            t,
+            p,
+            r,
+            {k: v.get("url", "") for k, v in r.items() if isinstance(v, dict)} if isinstance(r, dict) else {},
+            {k: f"127.0.0.1:{port}" for k, port in hp.items()} if isinstance(hp, dict) else {},
+        )
+        for t, p, r, hp in rows
+    ]
     return render_dynamic_config(routes, render_settings(ctx.settings, ctx.proxy_secret))
 
 
@@ -108,8 +141,11 @@ def objects_of(cfg: dict[str, Any], pod_id: str) -> dict[str, Any]:
 
 def proxy_logs(ctx: AppContext, pod_id: str) -> list[str]:
     with ctx.sessions() as s:
-        return list(s.scalars(select(ActionLog.message).where(ActionLog.object_id == pod_id,
-                                                              ActionLog.actor == "proxy")))
+        return list(
+            s.scalars(
+                select(ActionLog.message).where(ActionLog.object_id == pod_id, ActionLog.actor == "proxy")
+            )
+        )
 
 
 def proxy_errors(ctx: AppContext, pod_id: str, tenant: str = "default") -> list[str]:
@@ -119,8 +155,15 @@ def proxy_errors(ctx: AppContext, pod_id: str, tenant: str = "default") -> list[
         return list(pod.proxy_errors)
 
 
-GARBAGE = {"default": {"protocol": "http", "port": 5000, "url": "x.pods.localhost", "ip_allow_list": ["nope"],
-                       "cors_max_age": "soon"}}
+GARBAGE = {
+    "default": {
+        "protocol": "http",
+        "port": 5000,
+        "url": "x.pods.localhost",
+        "ip_allow_list": ["nope"],
+        "cors_max_age": "soon",
+    }
+}
 
 
 def test_assembled_config_equals_a_full_render(ctx: AppContext) -> None:
@@ -147,9 +190,21 @@ def test_many_changes_in_any_order_keep_the_config_equal_to_a_full_render(ctx: A
         for n in numbers:
             routes = stanzas_for(f"p{n}", n)
             ts = BASE_TS + timedelta(seconds=n)
-            s.add(Pod(tenant_id="default", pod_id=f"p{n}", image="img", status="AVAILABLE", status_requested="ON",
-                      status_since=ts, creation_ts=ts, update_ts=ts, networking=routes, routes=routes,
-                      host_ports={k: 20000 + n * 4 + i for i, k in enumerate(routes)}))
+            s.add(
+                Pod(
+                    tenant_id="default",
+                    pod_id=f"p{n}",
+                    image="img",
+                    status="AVAILABLE",
+                    status_requested="ON",
+                    status_since=ts,
+                    creation_ts=ts,
+                    update_ts=ts,
+                    networking=routes,
+                    routes=routes,
+                    host_ports={k: 20000 + n * 4 + i for i, k in enumerate(routes)},
+                )
+            )
     table = ctx.proxy_config
     table.sync_once()
     assert config(table) == full_render(ctx).config
@@ -178,8 +233,9 @@ def test_one_change_rerenders_that_pod_alone(ctx: AppContext) -> None:
     after = config(table)
     assert after == full_render(ctx).config
     assert objects_of(after, "pod7") != objects_of(before, "pod7")
-    assert {"url": "http://127.0.0.1:31234"} in after["http"]["services"]["default-pod7-default"]["loadBalancer"][
-        "servers"]
+    assert {"url": "http://127.0.0.1:31234"} in after["http"]["services"]["default-pod7-default"][
+        "loadBalancer"
+    ]["servers"]
     for n in range(50):
         if n != 7:
             assert objects_of(after, f"pod{n}") == objects_of(before, f"pod{n}")
@@ -256,8 +312,20 @@ def test_an_invalid_stanza_is_reported_once_and_breaks_nothing_else(ctx: AppCont
 
 
 def test_hostname_freed_by_its_owner_goes_to_the_next_claimant(ctx: AppContext) -> None:
-    add_pod(ctx, "first", 1, tenant="default", routes={"default": {"protocol": "http", "url": "same.pods.localhost"}})
-    add_pod(ctx, "second", 2, tenant="other", routes={"default": {"protocol": "http", "url": "same.pods.localhost"}})
+    add_pod(
+        ctx,
+        "first",
+        1,
+        tenant="default",
+        routes={"default": {"protocol": "http", "url": "same.pods.localhost"}},
+    )
+    add_pod(
+        ctx,
+        "second",
+        2,
+        tenant="other",
+        routes={"default": {"protocol": "http", "url": "same.pods.localhost"}},
+    )
     table = ctx.proxy_config
     table.sync_once()
     assert list(config(table)["http"]["services"]) == ["default-first-default"]
@@ -269,7 +337,9 @@ def test_hostname_freed_by_its_owner_goes_to_the_next_claimant(ctx: AppContext) 
     assert proxy_errors(ctx, "second", "other") == []
 
 
-def test_a_restarted_process_rebuilds_the_same_routes_from_the_database(ctx: AppContext, tmp_path: Path) -> None:
+def test_a_restarted_process_rebuilds_the_same_routes_from_the_database(
+    ctx: AppContext, tmp_path: Path
+) -> None:
     """Nothing of the table is persisted but the routes file, which the first sync of a new process rewrites
     completely (atomically: a kill at any moment leaves the old or the new file, never half of one)."""
     for n in range(20):
@@ -352,11 +422,15 @@ def test_endpoint_serves_published_bytes_with_etag_and_reports_without_polls(mak
     same = client.get("/traefik-config", headers={SECRET_HEADER: ctx.proxy_secret, "If-None-Match": etag})
     assert same.status_code == 304 and same.content == b""
     # a wrong secret gets nothing, whatever its If-None-Match
-    assert client.get("/traefik-config", headers={SECRET_HEADER: "x", "If-None-Match": etag}).status_code == 401
+    assert (
+        client.get("/traefik-config", headers={SECRET_HEADER: "x", "If-None-Match": etag}).status_code == 401
+    )
 
     # Pollers that accept gzip (Traefik does) get the body compressed once in the background.
     def gzipped() -> Any:
-        r = client.get("/traefik-config", headers={SECRET_HEADER: ctx.proxy_secret, "Accept-Encoding": "gzip"})
+        r = client.get(
+            "/traefik-config", headers={SECRET_HEADER: ctx.proxy_secret, "Accept-Encoding": "gzip"}
+        )
         return r if r.headers.get("content-encoding") == "gzip" else None
 
     wait_for(gzipped, "a gzip-encoded answer")

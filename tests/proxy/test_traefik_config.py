@@ -575,7 +575,13 @@ def test_a_pod_renders_the_same_alone_and_among_others() -> None:
     pods = [
         pod("a", stanzas={"default": FULL_HTTP, "db": {"protocol": "postgres"}}),
         pod("b", tenant="dev", stanzas={"default": {"protocol": "http", "port": "x"}}),
-        pod("c", stanzas={"default": {"protocol": "http"}, "t": {"protocol": "tcp", "ip_allow_list": ["10.0.0.0/8"]}}),
+        pod(
+            "c",
+            stanzas={
+                "default": {"protocol": "http"},
+                "t": {"protocol": "tcp", "ip_allow_list": ["10.0.0.0/8"]},
+            },
+        ),
     ]
     together = list(render_pod_fragments(pods, SETTINGS))
     assert [list(render_pod_fragments([p], SETTINGS)) for p in pods] == [[f] for f in together]
