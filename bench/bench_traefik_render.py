@@ -4,7 +4,11 @@ Run: ``.venv/bin/python bench/bench_traefik_render.py [--runs 7]``
 
 Prints, per size, the median render time, the median time of ``json.dumps`` of the same *input* (the
 baseline: the least work any renderer must do is look at every field once) and their ratio, plus the time to
-serialise the rendered config (what the ``/traefik-config`` endpoint adds on top).
+serialise the rendered config (what the ``/traefik-config`` endpoint added on top before the route table).
+
+Then what one change costs with the route table (``services.proxy.RouteTable``, on a SQLite database of the
+same pods): re-rendering the one changed pod and assembling the body from the cached fragments, against the
+full render + ``json.dumps`` (the baseline: what every change cost before), as a ratio.
 """
 
 from __future__ import annotations
@@ -92,6 +96,67 @@ def main() -> None:
             f"{size:>7} {stanzas:>8} {render_s * 1000:>10.1f} {base_s * 1000:>12.1f} "
             f"{render_s / base_s:>6.2f} {out_s * 1000:>13.1f}"
         )
+    print(f"\n{'pods':>7} {'full render+dumps ms':>21} {'one change ms':>14} {'ratio':>7}")
+    for size in args.sizes:
+        full_s, change_s = incremental(size, args.runs)
+        print(f"{size:>7} {full_s * 1000:>21.1f} {change_s * 1000:>14.2f} {change_s / full_s:>7.3f}")
+
+
+def incremental(size: int, runs: int) -> tuple[float, float]:
+    """(full render + json.dumps, one pod's change through the route table), medians in seconds."""
+    import tempfile
+    from datetime import datetime, timedelta
+    from pathlib import Path
+
+    from sqlalchemy import insert
+
+    from openpods.bootstrap import build_context
+    from openpods.config import Settings
+    from openpods.services.proxy import make_route_table
+    from openpods.store.tables import Pod
+
+    pods = make_pods(size)
+    with tempfile.TemporaryDirectory(prefix="openpods-bench-render-") as tmp:
+        ctx = build_context(
+            Settings(data_dir=Path(tmp), runtime="none", proxy_enabled=False, import_starter_catalog=False)
+        )
+        base = datetime(2026, 1, 1)
+        rows = []
+        for i, pod in enumerate(pods):
+            routes = {k: {**v, "url": pod.hostnames[k]} for k, v in pod.stanzas.items()}
+            ts = base + timedelta(seconds=i)
+            rows.append(
+                {
+                    "tenant_id": pod.tenant_id,
+                    "pod_id": pod.pod_id,
+                    "image": "img",
+                    "status": "AVAILABLE",
+                    "status_requested": "ON",
+                    "status_since": ts,
+                    "creation_ts": ts,
+                    "update_ts": ts,
+                    "networking": routes,
+                    "routes": routes,
+                    "revision": 1,
+                    "host_ports": {k: int(v.rsplit(":", 1)[1]) for k, v in pod.backends.items()},
+                }
+            )
+        with ctx.sessions() as s, s.begin():
+            s.execute(insert(Pod), rows)
+        table = make_route_table(ctx.settings, ctx.sessions, ctx.proxy_secret)
+        table.sync_once()
+        full_s = median_time(lambda: json.dumps(render_dynamic_config(pods, SETTINGS).config), runs)
+        times = []
+        for n in range(runs):
+            pod = pods[(n * 37) % size]
+            with ctx.sessions() as s, s.begin():
+                row = s.get(Pod, (pod.tenant_id, pod.pod_id))
+                row.host_ports = {k: p + 1 for k, p in row.host_ports.items()}
+            start = time.perf_counter()
+            assert table.sync_once(keys=[(pod.tenant_id, pod.pod_id)])
+            times.append(time.perf_counter() - start)
+        ctx.engine.dispose()
+    return full_s, statistics.median(times)
 
 
 if __name__ == "__main__":

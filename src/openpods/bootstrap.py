@@ -51,9 +51,9 @@ def build_context(settings: Settings, *, migrate: bool = True, bus: Bus | None =
         bus=bus or make_bus(settings),
         proxy_secret=settings.proxy_secret or load_or_create_secret(keys / "proxy-secret"),
     )
-    from openpods.services.proxy import DynamicConfig
+    from openpods.services.proxy import make_route_table
 
-    ctx.proxy_config = DynamicConfig()
+    ctx.proxy_config = make_route_table(settings, ctx.sessions, ctx.proxy_secret)
     ctx.installation_id = installation_id(ctx)
     return ctx
 

@@ -317,6 +317,32 @@ class Settings(BaseSettings):
     proxy_public_https_port: int = Field(
         0, ge=0, le=65535, description="HTTPS port clients use for pod URLs (in redirects); 0 means proxy_https_port."
     )
+    proxy_provider: Literal["file", "http"] = Field(
+        "file",
+        description="How the supervised Traefik learns pod routes: 'file' (OpenPods writes them into Traefik's "
+        "watched directory on every change: live within tens of milliseconds) or 'http' (Traefik polls "
+        "/traefik-config every proxy_poll_interval_sec, as in the cluster shape).",
+    )
+    proxy_poll_interval_sec: float = Field(
+        1.0, ge=0.05, description="Seconds between Traefik's polls of /traefik-config (proxy_provider=http)."
+    )
+    proxy_sync_interval_sec: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between checks of the database for pod changes made by other processes (changes "
+        "made in this process update the routes at once).",
+    )
+    proxy_access_log: bool = Field(
+        False,
+        description="Traefik writes an access log to <data_dir>/traefik/access.log (costs ~30% of proxy "
+        "throughput unbuffered).",
+    )
+    proxy_access_log_buffer_lines: int = Field(
+        0,
+        ge=0,
+        description="Access log lines Traefik buffers before writing (accessLog.bufferingSize); 0 means every "
+        "line is written at once.",
+    )
     redirect_http_to_https: bool = Field(True, description="Plain-HTTP requests to pod URLs redirect to HTTPS.")
     tls_cert_file: str = Field("", description="PEM certificate for pod URLs; empty means a local CA issues one.")
     tls_key_file: str = Field("", description="PEM key of tls_cert_file.")

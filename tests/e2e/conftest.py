@@ -373,6 +373,7 @@ def _proxy_settings(engine: Any) -> dict[str, Any]:
         proxy_http_port=http_port,
         proxy_https_port=https_port,
         proxy_bind_host="127.0.0.1",
+        proxy_access_log=True,  # off by default; the access-log tests read it (codes must never be logged)
     )
 
 

@@ -215,3 +215,72 @@ def test_traefik_stops_with_the_server(make_server: Any, proxy_env: ProxyEnv) ->
     wait_until(gone, timeout=30, what=f"Traefik (pid {pid}) to exit with the server")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", https_port), timeout=1).close()
+
+
+# ------------------------------------------------------------------------------------------- how routes reach Traefik
+
+
+@pytest.mark.parametrize("provider", ["file", "http"])
+def test_routes_reach_traefik_through_either_provider(
+    make_server: Any, proxy_env: ProxyEnv, provider: str
+) -> None:
+    """A second, container-less server (no health loop, so it cannot touch the module server's containers) with
+    ``proxy_provider`` file (routes pushed into Traefik's watched directory) or http (Traefik polls
+    /traefik-config). A pod row that points at the module server's running container gets a URL on the second
+    server's Traefik, and loses it when the pod stops — the same routes either way."""
+    import ssl
+    from datetime import UTC, datetime
+
+    import httpx
+
+    env = proxy_env
+    backend = http_pod(env)
+    env.wait_available(backend)
+    port = env.row(backend)["host_ports"]["default"]
+    https_port = free_port()
+    srv = make_server(
+        roles={"api", "proxy"},
+        proxy_enabled=True,
+        proxy_provider=provider,
+        proxy_http_port=free_port(),
+        proxy_https_port=https_port,
+        proxy_bind_host="127.0.0.1",
+    )
+    routes_file = srv.settings.data_dir / "traefik" / "dynamic" / "pods.yml"
+    static = (srv.settings.data_dir / "traefik" / "traefik.yml").read_text()
+    assert ("http:\n    endpoint:" in static) == (provider == "http"), static
+    context = ssl.create_default_context(cafile=str(srv.settings.data_dir / "tls" / "ca.crt"))
+    pod_id = unique()
+    host = f"{pod_id}.{srv.settings.pods_domain(srv.default_tenant)}"
+
+    def get() -> int:
+        with httpx.Client(verify=context, timeout=5, trust_env=False) as client:
+            r = client.get(
+                f"https://127.0.0.1:{https_port}/", headers={"Host": host}, extensions={"sni_hostname": host}
+            )
+            return r.status_code if r.status_code != 200 or r.text.strip() == HELLO else -1
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    stanza = {"protocol": "http", "port": 5000, "url": host}
+    with srv.ctx.sessions() as s, s.begin():
+        s.add(
+            Pod(
+                tenant_id=srv.default_tenant,
+                pod_id=pod_id,
+                image="img",
+                status="AVAILABLE",
+                status_requested="ON",
+                status_since=now,
+                creation_ts=now,
+                update_ts=now,
+                networking={"default": stanza},
+                routes={"default": stanza},
+                host_ports={"default": port},
+            )
+        )
+    wait_until(lambda: get() == 200, what=f"the route through the {provider} provider")
+    assert (host in routes_file.read_text()) if provider == "file" else not routes_file.exists()
+
+    with srv.ctx.sessions() as s, s.begin():
+        s.get(Pod, (srv.default_tenant, pod_id)).status_requested = "OFF"
+    wait_until(lambda: get() == 404, what=f"the stopped pod's route to go ({provider} provider)")

@@ -622,3 +622,23 @@ def test_ten_thousand_pods_render() -> None:
     assert len(result.config["http"]["services"]) == 10_000
     assert len(result.config["tcp"]["services"]) == 2_500
     json.dumps(result.config)
+
+
+def test_a_pod_renders_the_same_alone_and_among_others() -> None:
+    """What the route table caches per pod must not depend on the other pods."""
+    from openpods.domain.traefik_config import render_pod_fragments
+
+    pods = [
+        pod("a", stanzas={"default": FULL_HTTP, "db": {"protocol": "postgres"}}),
+        pod("b", tenant="dev", stanzas={"default": {"protocol": "http", "port": "x"}}),
+        pod(
+            "c",
+            stanzas={
+                "default": {"protocol": "http"},
+                "t": {"protocol": "tcp", "ip_allow_list": ["10.0.0.0/8"]},
+            },
+        ),
+    ]
+    together = list(render_pod_fragments(pods, SETTINGS))
+    assert [list(render_pod_fragments([p], SETTINGS)) for p in pods] == [[f] for f in together]
+    assert together[1].problems and not together[1].stanzas  # the bad one: reported, nothing routed

@@ -60,10 +60,29 @@ def test_static_config(tmp_path: Path) -> None:
         "headers": {SECRET_HEADER: "s3cret"},
     }
     assert providers["file"] == {"directory": str(tmp_path / "traefik" / "dynamic"), "watch": True}
-    assert config["accessLog"] == {"filePath": str(tmp_path / "traefik" / "access.log")}
+    assert "accessLog" not in config  # off by default: it costs about a third of the throughput
     assert config["log"]["level"] == "INFO"
     assert config["global"] == {"checkNewVersion": False, "sendAnonymousUsage": False}
     assert "certificatesResolvers" not in config
+
+
+def test_static_config_access_log_is_opt_in_and_can_be_buffered(tmp_path: Path) -> None:
+    log_file = str(tmp_path / "traefik" / "access.log")
+    on = render_static_config(settings(tmp_path, access_log=True), ping_port=1)
+    assert on["accessLog"] == {"filePath": log_file}
+    buffered = render_static_config(settings(tmp_path, access_log=True, access_log_buffer=500), ping_port=1)
+    assert buffered["accessLog"] == {"filePath": log_file, "bufferingSize": 500}
+    with pytest.raises(ValueError):
+        settings(tmp_path, access_log_buffer=-1)
+
+
+def test_static_config_file_provider_has_no_poll(tmp_path: Path) -> None:
+    """provider=file: routes are pushed into the watched directory; Traefik polls nothing."""
+    config = render_static_config(settings(tmp_path, provider="file"), ping_port=1)
+    assert "http" not in config["providers"]
+    assert config["providers"]["file"] == {"directory": str(tmp_path / "traefik" / "dynamic"), "watch": True}
+    with pytest.raises(ValueError):
+        settings(tmp_path, provider="kubernetes")
 
 
 def test_static_config_bind_host_and_acme(tmp_path: Path) -> None:

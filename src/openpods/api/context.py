@@ -29,7 +29,7 @@ class AppContext:
     runtime_problem: str = ""  # why there is no runtime (shown on pods waiting in REQUESTED)
     gpus_supported: bool = False  # whether the runtime can give containers GPUs
     installation_id: str = ""  # labels this installation's containers (never touch another's)
-    proxy_config: Any = None  # services.proxy.DynamicConfig (render cache), made on first use
+    proxy_config: Any = None  # services.proxy.RouteTable (Traefik routes, kept up to date in the background)
     storage: Any = None  # openpods.storage.base.StorageBackend
     mount_pins: Any = None  # openpods.storage.pins.MountPins: pinned sub_path mount sources (spawner)
     proxy_secret: str = ""

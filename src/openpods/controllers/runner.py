@@ -158,8 +158,17 @@ async def wake_health_on_changes(ctx: AppContext, *, debounce_sec: float = 0.2) 
 async def start_proxy(ctx: AppContext, controllers: Controllers) -> None:
     """Runs Traefik as a supervised child process (restarted if it dies, stopped with us)."""
     from openpods.proxy.traefik import TraefikError, TraefikSupervisor
-    from openpods.services.proxy import traefik_settings
+    from openpods.services.proxy import routes_file, traefik_settings
 
+    path = routes_file(ctx.settings, ctx.proxy_secret)
+    if ctx.settings.proxy_provider == "file":
+        # Push: the route table writes every change into Traefik's watched directory. Written once before
+        # Traefik starts, so it never comes up with the routes of a previous run.
+        ctx.proxy_config.file_path = path
+        await asyncio.to_thread(ctx.proxy_config.sync_once, force=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):  # left by a file-provider run: would route stale ports
+            path.unlink()
     supervisor = TraefikSupervisor(traefik_settings(ctx.settings, ctx.proxy_secret))
     try:
         await supervisor.start()
@@ -194,6 +203,10 @@ async def start_controllers(ctx: AppContext, roles: Iterable[str]) -> Controller
         await setup_runtime(ctx, controllers)
     if "proxy" in roles and ctx.settings.proxy_enabled:
         await start_proxy(ctx, controllers)
+    if ctx.proxy_config is not None and ("api" in roles or ctx.proxy_config.file_path is not None):
+        # Keeps the routes up to date off the request path (served by /traefik-config, pushed to the file).
+        controllers.tasks.append(asyncio.create_task(
+            ctx.proxy_config.run(ctx.settings.proxy_sync_interval_sec), name="proxy-routes"))
     if "spawner" in roles:
         from openpods.controllers.spawner import Spawner
 

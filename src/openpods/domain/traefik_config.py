@@ -2,7 +2,11 @@
 
 This module is pure: no I/O, no clock, no globals that change. :func:`render_dynamic_config` turns the stored
 networking stanzas of every pod into one Traefik dynamic configuration (a JSON-serialisable ``dict`` for
-Traefik's HTTP provider) and a per-pod list of problems.
+Traefik's HTTP provider) and a per-pod list of problems. It is made of three steps that a cache can use on
+their own: :func:`render_pod_fragments` renders each pod alone (a :class:`PodFragment`, valid until that pod
+changes), :func:`select_routes` puts fragments together (hostname conflicts between pods) and
+:func:`shared_objects` adds what many stanzas refer to (the HTTPS redirect, the API service, the PostgreSQL TLS
+option).
 
 Contract:
 
@@ -47,7 +51,7 @@ import hmac
 import ipaddress
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -57,14 +61,22 @@ __all__ = [
     "POSTGRES_TLS_OPTION",
     "PROTOCOLS",
     "REDIRECT_MIDDLEWARE",
+    "SECTIONS",
     "STRIP_TOKEN_MIDDLEWARE",
     "USERNAME_HEADER",
+    "PodFragment",
     "PodRoutes",
     "ProxyRenderSettings",
     "RenderResult",
+    "Selection",
+    "StanzaRoutes",
+    "build_config",
     "pod_id_net",
     "render_dynamic_config",
+    "render_pod_fragments",
     "resource_name",
+    "select_routes",
+    "shared_objects",
     "valid_hostname",
 ]
 
@@ -349,6 +361,57 @@ class ProxyRenderSettings:
         return self.api_url.rstrip("/") + "/traefik-cookie-filter" if self.api_url else None
 
 
+#: The places of the dynamic config that hold named objects, as ``<top>.<kind>``.
+SECTIONS = (
+    "http.routers",
+    "http.services",
+    "http.middlewares",
+    "tcp.routers",
+    "tcp.services",
+    "tcp.middlewares",
+    "tls.options",
+)
+#: Shared objects a stanza may need (see :func:`shared_objects`).
+NEEDS_API, NEEDS_REDIRECT, NEEDS_POSTGRES = "api", "redirect", "postgres"
+NEEDS_STRIP, NEEDS_COOKIE_FILTER = "strip-token", "cookie-filter"
+
+
+@dataclass(frozen=True, slots=True)
+class StanzaRoutes:
+    """The Traefik objects of one routable stanza, rendered on their own.
+
+    ``objects``: section (one of :data:`SECTIONS`) → ``{name: object}``; only non-empty sections.
+    ``needs``: the shared objects (:data:`NEEDS_API` …) these objects refer to.
+    """
+
+    key: str
+    host: str
+    objects: dict[str, dict[str, Any]]
+    needs: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PodFragment:
+    """One pod rendered on its own: its routable stanzas (in stanza order) and its problems. It depends only
+    on the pod and the settings, so a cache can keep it until the pod changes; conflicts *between* pods
+    (a hostname claimed twice) are resolved when fragments are put together (:func:`select_routes`)."""
+
+    tenant_id: str
+    pod_id: str
+    stanzas: tuple[StanzaRoutes, ...]
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What :func:`select_routes` keeps: ``accepted`` as (fragment position, stanza position) pairs in input
+    order, the problems per (tenant, pod) including hostname conflicts, and the shared objects needed."""
+
+    accepted: list[tuple[int, int]]
+    errors: dict[tuple[str, str], list[str]]
+    needs: frozenset[str]
+
+
 @dataclass(frozen=True, slots=True)
 class RenderResult:
     """``config``: the Traefik dynamic config (JSON-serialisable); ``errors``: problems per (tenant, pod)."""
@@ -527,26 +590,23 @@ def render_dynamic_config(routes: Iterable[PodRoutes], settings: ProxyRenderSett
     if was_enabled:
         gc.disable()
     try:
-        return _render(routes, settings)
+        fragments = list(render_pod_fragments(routes, settings))
+        selection = select_routes(fragments)
+        sections: dict[str, dict[str, Any]] = {}
+        for pod_index, stanza_index in selection.accepted:
+            for section, objects in fragments[pod_index].stanzas[stanza_index].objects.items():
+                sections.setdefault(section, {}).update(objects)
+        for section, objects in shared_objects(selection.needs, settings).items():
+            sections.setdefault(section, {}).update(objects)
+        return RenderResult(config=build_config(sections), errors=selection.errors)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> RenderResult:
-    http_routers: dict[str, Any] = {}
-    http_services: dict[str, Any] = {}
-    http_middlewares: dict[str, Any] = {}
-    tcp_routers: dict[str, Any] = {}
-    tcp_services: dict[str, Any] = {}
-    tcp_middlewares: dict[str, Any] = {}
-    errors: dict[tuple[str, str], list[str]] = {}
-    host_owner: dict[str, tuple[str, str, str]] = {}
-    uses_postgres = False
-    uses_redirect = False
-    uses_api = False
-    uses_strip = False
-    uses_cookie_filter = False
+def render_pod_fragments(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Iterator[PodFragment]:
+    """Render each pod on its own (one :class:`PodFragment` per input, in order; see the module docstring
+    for the per-stanza contract). Nothing here looks at other pods."""
 
     https_ep = settings.https_entrypoint
     http_ep = settings.http_entrypoint or None
@@ -579,12 +639,14 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
         if type(backends) is not dict and not isinstance(backends, Mapping):
             backends = {}
         if problems:
-            error_key = (
+            yield PodFragment(
                 tenant_id if isinstance(tenant_id, str) else repr(tenant_id),
                 pod_id if isinstance(pod_id, str) else repr(pod_id),
+                (),
+                tuple(problems),
             )
-            errors.setdefault(error_key, []).extend(problems)
             continue
+        routed: list[StanzaRoutes] = []
 
         tenant_part = escaped_tenants.get(tenant_id)
         if tenant_part is None:
@@ -617,14 +679,13 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
             except _Invalid as exc:
                 problems.append(f"networking.{key}: {exc}")
                 continue
-            owner = host_owner.get(host)
-            if owner is not None:
-                problems.append(
-                    f"networking.{key}: hostname {host} is already routed for "
-                    f"{owner[0]}/{owner[1]} stanza {owner[2]}"
-                )
-                continue
-            host_owner[host] = (tenant_id, pod_id, key)
+            http_routers: dict[str, Any] = {}
+            http_services: dict[str, Any] = {}
+            http_middlewares: dict[str, Any] = {}
+            tcp_routers: dict[str, Any] = {}
+            tcp_services: dict[str, Any] = {}
+            tcp_middlewares: dict[str, Any] = {}
+            uses_postgres = uses_redirect = uses_api = uses_strip = uses_cookie_filter = False
 
             name = f"{tenant_part}-{pod_id}-{key}"
             if stanza.protocol == "http":
@@ -745,46 +806,110 @@ def _render(routes: Iterable[PodRoutes], settings: ProxyRenderSettings) -> Rende
                     tcp_router["middlewares"] = [mw]
                 tcp_routers[name] = tcp_router
                 tcp_services[name] = {"loadBalancer": {"servers": [{"address": backend}]}}
+            objects = {
+                section: found
+                for section, found in (
+                    ("http.routers", http_routers),
+                    ("http.services", http_services),
+                    ("http.middlewares", http_middlewares),
+                    ("tcp.routers", tcp_routers),
+                    ("tcp.services", tcp_services),
+                    ("tcp.middlewares", tcp_middlewares),
+                )
+                if found
+            }
+            needs = frozenset(
+                need
+                for need, used in (
+                    (NEEDS_API, uses_api),
+                    (NEEDS_REDIRECT, uses_redirect),
+                    (NEEDS_POSTGRES, uses_postgres),
+                    (NEEDS_STRIP, uses_strip),
+                    (NEEDS_COOKIE_FILTER, uses_cookie_filter),
+                )
+                if used
+            )
+            routed.append(StanzaRoutes(key, host, objects, needs))
 
+        yield PodFragment(tenant_id, pod_id, tuple(routed), tuple(problems))
+
+
+def select_routes(fragments: Iterable[PodFragment]) -> Selection:
+    """Put fragments together in order: a hostname is routed once, for the first stanza that claims it; a
+    later claim is skipped and reported on its pod."""
+    accepted: list[tuple[int, int]] = []
+    errors: dict[tuple[str, str], list[str]] = {}
+    host_owner: dict[str, tuple[str, str, str]] = {}
+    needs: set[str] = set()
+    for pod_index, fragment in enumerate(fragments):
+        problems = list(fragment.problems)
+        for stanza_index, stanza in enumerate(fragment.stanzas):
+            owner = host_owner.get(stanza.host)
+            if owner is not None:
+                problems.append(
+                    f"networking.{stanza.key}: hostname {stanza.host} is already routed for "
+                    f"{owner[0]}/{owner[1]} stanza {owner[2]}"
+                )
+                continue
+            host_owner[stanza.host] = (fragment.tenant_id, fragment.pod_id, stanza.key)
+            accepted.append((pod_index, stanza_index))
+            needs |= stanza.needs
         if problems:
-            errors.setdefault((tenant_id, pod_id), []).extend(problems)
+            errors.setdefault((fragment.tenant_id, fragment.pod_id), []).extend(problems)
+    return Selection(accepted, errors, frozenset(needs))
 
-    config: dict[str, Any] = {}
-    if uses_api:
-        http_services[API_SERVICE] = {"loadBalancer": {"servers": [{"url": settings.api_url}]}}
-    if uses_strip:
-        http_middlewares[STRIP_TOKEN_MIDDLEWARE] = {"headers": {"customRequestHeaders": {TOKEN_HEADER: ""}}}
-    if uses_cookie_filter:
+
+def shared_objects(needs: Iterable[str], settings: ProxyRenderSettings) -> dict[str, dict[str, Any]]:
+    """The objects shared by many stanzas (the API service, the token-strip and cookie-filter middlewares, the
+    HTTPS redirect, the PostgreSQL TLS option), by section, for the given needs."""
+    needs = frozenset(needs)
+    out: dict[str, dict[str, Any]] = {}
+    if NEEDS_API in needs and settings.api_url:
+        out["http.services"] = {API_SERVICE: {"loadBalancer": {"servers": [{"url": settings.api_url}]}}}
+    middlewares: dict[str, Any] = {}
+    if NEEDS_STRIP in needs:
+        # Deletes the visitor's API token before the request reaches the pod (an empty value deletes).
+        middlewares[STRIP_TOKEN_MIDDLEWARE] = {"headers": {"customRequestHeaders": {TOKEN_HEADER: ""}}}
+    cookie_filter = settings.effective_cookie_filter_url
+    if NEEDS_COOKIE_FILTER in needs and cookie_filter is not None:
         cookie_auth: dict[str, Any] = {
             "address": cookie_filter,
             "authResponseHeaders": ["Cookie"],
-            "maxResponseBodySize": auth_body,
+            "maxResponseBodySize": settings.forward_auth_max_response_body,
         }
-        if auth_tls is not None:
-            cookie_auth["tls"] = dict(auth_tls)
-        http_middlewares[COOKIE_FILTER_MIDDLEWARE] = {"forwardAuth": cookie_auth}
-    if uses_redirect:
+        if settings.forward_auth_tls_ca:
+            cookie_auth["tls"] = {"ca": settings.forward_auth_tls_ca}
+        middlewares[COOKIE_FILTER_MIDDLEWARE] = {"forwardAuth": cookie_auth}
+    if NEEDS_REDIRECT in needs:
         redirect: dict[str, Any] = {"scheme": "https", "permanent": True}
         if settings.https_redirect_port is not None and settings.https_redirect_port != 443:
             redirect["port"] = str(settings.https_redirect_port)
-        http_middlewares[REDIRECT_MIDDLEWARE] = {"redirectScheme": redirect}
-    if http_routers:
-        http: dict[str, Any] = {"routers": http_routers, "services": http_services}
-        if http_middlewares:
-            http["middlewares"] = http_middlewares
-        config["http"] = http
-    if tcp_routers:
-        tcp: dict[str, Any] = {"routers": tcp_routers, "services": tcp_services}
-        if tcp_middlewares:
-            tcp["middlewares"] = tcp_middlewares
-        config["tcp"] = tcp
-    if uses_postgres:
-        config["tls"] = {
-            "options": {
-                POSTGRES_TLS_OPTION: {
-                    "minVersion": settings.min_tls_version,
-                    "alpnProtocols": list(settings.postgres_alpn_protocols),
-                }
+        middlewares[REDIRECT_MIDDLEWARE] = {"redirectScheme": redirect}
+    if middlewares:
+        out["http.middlewares"] = middlewares
+    if NEEDS_POSTGRES in needs:
+        out["tls.options"] = {
+            POSTGRES_TLS_OPTION: {
+                "minVersion": settings.min_tls_version,
+                "alpnProtocols": list(settings.postgres_alpn_protocols),
             }
         }
-    return RenderResult(config=config, errors=errors)
+    return out
+
+
+def build_config(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The dynamic config from merged sections: ``http``/``tcp`` only when they have routers (with their
+    services, and middlewares when any), ``tls`` when it has options; ``{}`` means "no routes"."""
+    config: dict[str, Any] = {}
+    for top in ("http", "tcp"):
+        routers = sections.get(f"{top}.routers")
+        if routers:
+            part: dict[str, Any] = {"routers": routers, "services": sections.get(f"{top}.services") or {}}
+            middlewares = sections.get(f"{top}.middlewares")
+            if middlewares:
+                part["middlewares"] = middlewares
+            config[top] = part
+    options = sections.get("tls.options")
+    if options:
+        config["tls"] = {"options": options}
+    return config

@@ -2,9 +2,10 @@
 
 - :func:`render_static_config` (pure) builds Traefik's static configuration as a dict: entrypoints ``web``
   (plain HTTP) and ``websecure`` (TLS: HTTPS routes *and* TLS TCP routes, as Tapis serves everything on 443),
-  an internal ``ping`` entrypoint on 127.0.0.1 for health checks, the HTTP provider that polls the OpenPods
-  API (``GET <api_url>/traefik-config`` with the shared secret header :data:`SECRET_HEADER`), a file provider
-  directory holding the default TLS certificate, optional ACME, access log and log level. No API/dashboard.
+  an internal ``ping`` entrypoint on 127.0.0.1 for health checks, a watched file-provider directory (the
+  default TLS certificate, and with ``provider="file"`` the pod routes OpenPods writes on every change), with
+  ``provider="http"`` the HTTP provider that polls the OpenPods API (``GET <api_url>/traefik-config`` with the
+  shared secret header :data:`SECRET_HEADER`), optional ACME, optional access log, log level. No API/dashboard.
 - :func:`render_tls_file_config` (pure) builds the file provider's dynamic config for the certificate.
 - :func:`write_config` writes both (YAML, atomically, ``0600`` because the static file holds the secret).
 - :class:`TraefikSupervisor` runs the ``traefik`` binary as a child process, waits until ping answers,
@@ -99,8 +100,11 @@ class TraefikSettings:
     health entrypoint on 127.0.0.1 (0 = a free port chosen when the supervisor starts).
     ``domains``: pod domains; pods live at ``<pod>.pods.<domain>``. ``tls_names``: names for the generated
     certificate (default: derived from ``domains``). ``tls_cert_file``/``tls_key_file``: a configured
-    certificate replacing the generated one. ``acme``: optional ACME resolver. ``poll_interval`` and
-    ``throttle`` are Traefik durations. ``binary``: path of ``traefik`` (default:
+    certificate replacing the generated one. ``acme``: optional ACME resolver. ``provider``: where pod routes
+    come from: ``http`` (Traefik polls ``config_url`` every ``poll_interval``) or ``file`` (OpenPods writes
+    them into ``dynamic_dir``, which Traefik watches: a push). ``poll_interval`` and ``throttle`` are Traefik
+    durations. ``access_log``: write ``access.log`` (off by default: it costs throughput);
+    ``access_log_buffer``: lines Traefik buffers before writing them (0: none). ``binary``: path of ``traefik`` (default:
     :func:`find_traefik_binary`). ``alias_headers_strategy``: what Traefik does with request headers that
     alias another (``X_Tapis_Username``): ``delete`` (default), ``reject`` or ``None`` (Traefik's default, keep).
     ``extra_static``: top-level keys merged into the static config as is.
@@ -120,7 +124,9 @@ class TraefikSettings:
     tls_key_file: Path | None = None
     acme: AcmeSettings | None = None
     log_level: str = "INFO"
-    access_log: bool = True
+    access_log: bool = False
+    access_log_buffer: int = 0
+    provider: str = "http"
     poll_interval: str = "1s"
     poll_timeout: str = "5s"
     throttle: str = "200ms"
@@ -143,6 +149,10 @@ class TraefikSettings:
             raise ValueError("secret must be a non-empty header value")
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ValueError(f"log_level must be one of {sorted(_LOG_LEVELS)}")
+        if self.provider not in ("http", "file"):
+            raise ValueError("provider must be http or file")
+        if self.access_log_buffer < 0:
+            raise ValueError("access_log_buffer must be >= 0")
         if self.alias_headers_strategy not in (None, "delete", "reject"):
             raise ValueError("alias_headers_strategy must be delete, reject or None")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -217,18 +227,21 @@ def render_static_config(settings: TraefikSettings, *, ping_port: int) -> dict[s
         "ping": {"entryPoint": PING_ENTRYPOINT},
         "providers": {
             "providersThrottleDuration": settings.throttle,
-            "http": {
-                "endpoint": settings.config_url,
-                "pollInterval": settings.poll_interval,
-                "pollTimeout": settings.poll_timeout,
-                "headers": {SECRET_HEADER: settings.secret},
-            },
             "file": {"directory": str(paths.dynamic_dir), "watch": True},
         },
         "log": {"level": settings.log_level.upper(), "noColor": True},
     }
+    if settings.provider == "http":
+        config["providers"]["http"] = {
+            "endpoint": settings.config_url,
+            "pollInterval": settings.poll_interval,
+            "pollTimeout": settings.poll_timeout,
+            "headers": {SECRET_HEADER: settings.secret},
+        }
     if settings.access_log:
         config["accessLog"] = {"filePath": str(paths.access_log)}
+        if settings.access_log_buffer:
+            config["accessLog"]["bufferingSize"] = settings.access_log_buffer
     if settings.acme is not None:
         acme: dict[str, Any] = {
             "email": settings.acme.email,

@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
-from sqlalchemy import select, update
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from openpods.api.context import AppContext
@@ -45,31 +44,21 @@ SECRET_HEADER = "X-OpenPods-Proxy-Secret"
 COOKIE = pa.SESSION_COOKIE
 
 
-def _config_response(ctx: AppContext) -> Response:
-    dynamic = ctx.proxy_config
-    with ctx.sessions() as s:
-        body = dynamic.body(s, ctx.settings, ctx.proxy_secret)
-    errors = dynamic.take_fresh_errors()
-    if errors is not None:
-        _report_proxy_errors(ctx, errors)
-    return Response(body, media_type="application/json")
-
-
-def _report_proxy_errors(ctx: AppContext, errors: dict[tuple[str, str], list[str]]) -> None:
-    """After each render: skipped stanzas are reported on their pod (a column, and the action log), and
-    reports of pods that render cleanly again are cleared. Core UPDATEs: no revision bump, so reporting does
-    not itself count as a change to re-render."""
-    with transaction(ctx.sessions) as s:
-        for (tenant_id, pod_id), problems in errors.items():
-            s.execute(update(Pod).where(Pod.tenant_id == tenant_id, Pod.pod_id == pod_id)
-                      .values(proxy_errors=problems))
-            repo.add_action_log(s, "pod", tenant_id, pod_id, "proxy",
-                                "proxy skipped networking: " + "; ".join(problems)[:900])
-        reported = s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.proxy_errors)).all()
-        for tenant_id, pod_id, current in reported:
-            if current and (tenant_id, pod_id) not in errors:
-                s.execute(update(Pod).where(Pod.tenant_id == tenant_id, Pod.pod_id == pod_id)
-                          .values(proxy_errors=[]))
+def _config_response(ctx: AppContext, request: Request) -> Response:
+    """The routes as the background route table last published them: no rendering, no database work on
+    Traefik's poll (per-pod problems are reported when the table renders). A matching If-None-Match gets 304."""
+    published = ctx.proxy_config.response()
+    if published is None:  # Traefik keeps its last good config on an error
+        return error_response(503, "The proxy routes are not rendered yet; try again shortly.")
+    body, etag = published
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        gz = ctx.proxy_config.gzipped(etag)  # made in the background; until then the plain body
+        if gz is not None:
+            return Response(gz, media_type="application/json", headers=headers | {"Content-Encoding": "gzip"})
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get("/traefik-config", operation_id="traefik_config", summary="traefik_config")
@@ -77,13 +66,13 @@ def traefik_config(ctx: Ctx, request: Request) -> Response:
     """Traefik's HTTP provider endpoint (not enveloped), guarded by the shared secret header."""
     if request.headers.get(SECRET_HEADER) != ctx.proxy_secret:
         raise Unauthorized(f"The {SECRET_HEADER} header is missing or wrong.")
-    return _config_response(ctx)
+    return _config_response(ctx, request)
 
 
 @router.get("/v3/pods/traefik-config", include_in_schema=False)
-def traefik_config_admin(ctx: Ctx, caller: Caller) -> Response:
+def traefik_config_admin(ctx: Ctx, caller: Caller, request: Request) -> Response:
     require_site_admin(caller)
-    return _config_response(ctx)
+    return _config_response(ctx, request)
 
 
 def _not_found(pod_id_net: str) -> NotFound:
