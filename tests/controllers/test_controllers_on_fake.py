@@ -72,12 +72,14 @@ async def test_spawn_then_available_with_one_list_call_per_pass(site: dict[str, 
     assert {pod(ctx, i).status for i in ids} == {st.CREATING}
     assert all(pod(ctx, i).host_ports.get("default") for i in ids)  # the published port is recorded
     engine.calls.clear()
-    stats = await Health(ctx).pass_once()
+    health = Health(ctx)
+    stats = await health.pass_once()
     assert {pod(ctx, i).status for i in ids} == {st.AVAILABLE}
-    assert engine.calls["list_managed"] == 1 and stats.engine_calls == 1  # not one call per pod
+    # Not one call per pod: one list call (plus, on a Health's first pass, its once-a-minute network prune).
+    assert engine.calls["list_managed"] == 1 and stats.engine_calls - engine.calls["prune_networks"] == 1
     assert engine.calls["observe"] == 0
     engine.calls.clear()
-    await Health(ctx).pass_once()
+    await health.pass_once()
     assert sum(engine.calls.values()) == 1  # a quiet pass: the list call only
 
 
@@ -87,7 +89,7 @@ async def test_crashed_container_turns_the_pod_to_error_with_its_logs(site: dict
     await Spawner(ctx).pass_once()
     await Health(ctx).pass_once()
     assert pod(ctx, "crashy").status == st.AVAILABLE
-    engine.crash(container_name(ctx.settings.default_tenant, "crashy"), 137)
+    engine.crash(container_name(ctx.settings.default_tenant, "crashy", ctx.installation_id), 137)
     await Health(ctx).pass_once()
     row = pod(ctx, "crashy")
     assert row.status == st.ERROR
@@ -138,14 +140,16 @@ async def test_refused_spec_is_error_and_temporary_failure_retries(site: dict[st
 async def test_orphan_of_this_installation_is_removed_and_others_are_left(site: dict[str, Any]) -> None:
     ctx, engine = site["ctx"], site["engine"]
     tenant = ctx.settings.default_tenant
-    for pod_id, installation in (("orphan", ctx.installation_id), ("foreign", "another-installation")):
+    for pod_id, installation in (("orphan", ctx.installation_id), ("foreign", "anotherinstall")):
         spec = build_container_spec(tenant_id=tenant, pod_id=pod_id, instance_id="i1", image=IMAGE.format("busybox"),
-                                    command=None, arguments=None, env={}, networking={}, resources={})
-        spec = type(spec)(**{**spec.__dict__, "labels": {**spec.labels, LABEL_INSTALLATION: installation}})
+                                    command=None, arguments=None, env={}, networking={}, resources={},
+                                    installation_id=installation)
+        assert spec.labels[LABEL_INSTALLATION] == installation
         await ctx.runtime.ensure_running(spec)
+    assert container_name(tenant, "orphan", ctx.installation_id) in engine.containers
     await Health(ctx).pass_once()
-    assert container_name(tenant, "orphan") not in engine.containers
-    assert container_name(tenant, "foreign") in engine.containers
+    assert container_name(tenant, "orphan", ctx.installation_id) not in engine.containers
+    assert container_name(tenant, "foreign", "anotherinstall") in engine.containers
 
 
 async def test_delete_removes_the_container(site: dict[str, Any]) -> None:
@@ -156,7 +160,7 @@ async def test_delete_removes_the_container(site: dict[str, Any]) -> None:
     assert (await client.delete("/v3/pods/gone")).status_code == 200
     for _ in range(3):
         await Health(ctx).pass_once()
-    assert container_name(ctx.settings.default_tenant, "gone") not in engine.containers
+    assert container_name(ctx.settings.default_tenant, "gone", ctx.installation_id) not in engine.containers
 
 
 @pytest.fixture
@@ -202,7 +206,7 @@ def k8s_objects(sim: Any, plural: str) -> list[dict[str, Any]]:
 async def test_kubernetes_pod_is_routed_to_its_service(cluster: dict[str, Any]) -> None:
     """Spawner and health on the Kubernetes runtime (emulated cluster): the pod becomes AVAILABLE and the
     proxy's dynamic config routes its stanza to <service>.<namespace>.svc:<port> (not to 127.0.0.1)."""
-    from openpods.services.proxy import DynamicConfig
+    from openpods.services.proxy import make_route_table
 
     ctx, client, sim = cluster["ctx"], cluster["client"], cluster["sim"]
     await create_pod(client, "webpod", image="http", networking={"web": {"protocol": "http", "port": 5000}})
@@ -211,8 +215,11 @@ async def test_kubernetes_pod_is_routed_to_its_service(cluster: dict[str, Any]) 
     assert row.status == st.AVAILABLE
     backend = row.host_ports["web"]
     assert isinstance(backend, str) and backend.endswith(".pods.svc:5000")
-    with ctx.sessions() as s:
-        body = json.loads(DynamicConfig().body(s, ctx.settings, ctx.proxy_secret))
+    table = make_route_table(ctx.settings, ctx.sessions, ctx.proxy_secret)
+    table.sync_once()
+    published = table.response()
+    assert published is not None
+    body = json.loads(published[0])
     urls = [srv["url"] for svc in body["http"]["services"].values() for srv in svc["loadBalancer"]["servers"]]
     assert f"http://{backend}" in urls
     assert sim.list_calls and all("openpods.managed=true" in sel for sel in sim.list_calls)

@@ -29,7 +29,7 @@ import shlex
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -394,6 +394,11 @@ class FakeRuntime(Runtime):
     async def remove(self, name: str, timeout_sec: float = 10) -> None:
         self._check("remove")
         self.engine.remove(name)
+
+    async def prune_networks(self, installation_id: str, keep: Collection[str]) -> list[str]:
+        """The fake has no networks of its own (pods are isolated by construction); the call is counted."""
+        self._check("prune_networks")
+        return []
 
     async def list_managed(self) -> list[ContainerState]:
         self._check("list_managed")
