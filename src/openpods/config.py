@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         "empty means a generated one, printed once.",
     )
     token_ttl_sec: int = Field(4 * 3600, ge=60, description="Lifetime of issued access tokens, seconds.")
+    token_cache_sec: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="Seconds a verified token (with its site-admin flag) is reused without verifying it again; "
+        "a revoked token or a changed admin flag takes effect in other processes within this time. 0 disables.",
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
     )
