@@ -7,10 +7,11 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import String, and_, bindparam, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from openpods.api import permissions_common as perms
@@ -109,22 +110,52 @@ def _retrying(fn):
 
 
 _VIEW_ATTRS = [getattr(Pod, name) for name in pod_svc.POD_VIEW_FIELDS]
-_LIST_ALL = (select(*rawjson.raw_json_columns(_VIEW_ATTRS)).where(Pod.tenant_id == bindparam("tenant_id"))
-             .order_by(Pod.pod_id))
-# Pods on which the caller holds any grant (every level includes READ).
+_render_view = rawjson.RowRenderer(_VIEW_ATTRS, pod_svc.pod_view)
+# (pod_id, revision) of every pod of the tenant, or of those the caller holds a grant on (any level >= READ).
+_LIST_ALL = select(Pod.pod_id, Pod.revision).where(Pod.tenant_id == bindparam("tenant_id")).order_by(Pod.pod_id)
 _LIST_GRANTED = _LIST_ALL.join(Permission, and_(
     Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id, Permission.object_id == Pod.pod_id,
     Permission.username == bindparam("username")))
-_list_view = rawjson.RowView(_VIEW_ATTRS)  # the same dict as pod_svc.pod_view, JSON columns passed through
+_VIEW_ROWS = (select(Pod.pod_id, Pod.revision, *rawjson.raw_json_columns(_VIEW_ATTRS))
+              .where(Pod.tenant_id == bindparam("tenant_id"), Pod.pod_id.in_(bindparam("ids", expanding=True))))
+
+
+# The listed pods' "pod_id:revision" in one string: when it equals the one a cached list was rendered for,
+# nothing in that list changed (every write bumps the revision) and the cached body is the answer.
+_SIGNATURE = func.aggregate_strings(Pod.pod_id + ":" + cast(Pod.revision, String), ",")
+_SIG_ALL = select(_SIGNATURE).where(Pod.tenant_id == bindparam("tenant_id"))
+_SIG_GRANTED = _SIG_ALL.join(Permission, and_(
+    Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id, Permission.object_id == Pod.pod_id,
+    Permission.username == bindparam("username")))
 
 
 @router.get("", operation_id="list_pods", summary="list_pods")
 def list_pods(ctx: Ctx, caller: Caller) -> Response:
-    # Only the view's columns, read as plain rows (no ORM objects, no JSON decoding: see api.rawjson).
-    query = _LIST_ALL if caller.is_admin else _LIST_GRANTED
-    with ctx.sessions() as s:
-        rows = s.execute(query, {"tenant_id": caller.tenant_id, "username": caller.username}).all()
-    return rawjson.ok_raw([_list_view(row) for row in rows])
+    """One aggregate query answers an unchanged list from the cache. Otherwise reads (pod_id, revision) of the
+    listed pods, and reads in full and renders only pods changed since this process last rendered them (see
+    api.rawjson)."""
+    views, tenant_id = ctx.pod_views, caller.tenant_id
+    params = {"tenant_id": tenant_id, "username": caller.username}
+    scope = (tenant_id, "" if caller.is_admin else caller.username)
+    with ctx.engine.connect() as conn:
+        signature = conn.execute(_SIG_ALL if caller.is_admin else _SIG_GRANTED, params).scalar() or ""
+        body = views.get_list(scope, signature)
+        if body is not None:
+            return Response(body, media_type="application/json")
+        listed = conn.execute(_LIST_ALL if caller.is_admin else _LIST_GRANTED, params).all()
+        rendered = views.get_many(tenant_id, listed)
+        missing = [pod_id for pod_id, _ in listed if pod_id not in rendered]
+        for i in range(0, len(missing), 500):
+            for pod_id, revision, *values in conn.execute(_VIEW_ROWS, {**params, "ids": missing[i:i + 500]}):
+                rendered[pod_id] = _render_view(values)
+                views.put(tenant_id, pod_id, revision, rendered[pod_id])
+    if caller.is_admin:
+        views.keep_only(tenant_id, rendered.keys())
+    # A pod deleted between the reads is left out. Everything read after the signature is at least as new, so
+    # the body may only be newer than its signature, never older: a later change still changes the signature.
+    response = rawjson.ok_fragments([rendered[p] for p, _ in listed if p in rendered])
+    views.put_list(scope, signature, bytes(response.body))
+    return response
 
 
 @router.post("", operation_id="create_pod", summary="create_pod")
@@ -181,11 +212,36 @@ def _create_pod(ctx: AppContext, caller: Identity, body: NewPod) -> JSONResponse
     return ok(view)
 
 
+# One query: the pod's view columns (JSON as stored), its revision and the caller's own grant.
+_GET_VIEW = (
+    select(Pod.revision, Permission.level, *rawjson.raw_json_columns(_VIEW_ATTRS))
+    .outerjoin(Permission, and_(Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id,
+                                Permission.object_id == Pod.pod_id, Permission.username == bindparam("username")))
+    .where(Pod.tenant_id == bindparam("tenant_id"), Pod.pod_id == bindparam("pod_id"))
+)
+
+
 @router.get("/{pod_id}", operation_id="get_pod", summary="get_pod")
-def get_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
-    with transaction(ctx.sessions) as s:
-        pod = load_pod(s, caller, pod_id, Level.READ)
-        return ok(pod_svc.pod_view(pod))
+async def get_pod(ctx: Ctx, caller: Caller, pod_id: str) -> Response:
+    # One primary-key read. On SQLite (a local file in WAL mode, where readers never wait for writers) it runs
+    # on the event loop: the hop to the thread pool costs more than the read. Other databases: thread pool.
+    if ctx.engine.dialect.name == "sqlite":
+        return _get_pod(ctx, caller, pod_id)
+    return await run_in_threadpool(_get_pod, ctx, caller, pod_id)
+
+
+def _get_pod(ctx: AppContext, caller: Identity, pod_id: str) -> Response:
+    with ctx.engine.connect() as conn:
+        row = conn.execute(_GET_VIEW, {"username": caller.username, "tenant_id": caller.tenant_id,
+                                       "pod_id": pod_id}).first()
+    check_own_grant(caller, "pod", pod_id, Level.READ, exists=row is not None, grant=row[1] if row else None)
+    assert row is not None
+    revision, _, *values = row
+    rendered = ctx.pod_views.get(caller.tenant_id, pod_id, revision)
+    if rendered is None:
+        rendered = _render_view(values)
+        ctx.pod_views.put(caller.tenant_id, pod_id, revision, rendered)
+    return rawjson.ok_fragment(rendered)
 
 
 @router.put("/{pod_id}", operation_id="update_pod", summary="update_pod")
