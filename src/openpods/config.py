@@ -137,6 +137,12 @@ class Settings(BaseSettings):
         description="Seconds a pod may stay in a transitional state "
         "(REQUESTED, SPAWNER SETUP, CREATING, DELETING) before it is re-driven.",
     )
+    health_full_pass_every: int = Field(
+        30,
+        ge=1,
+        description="Every Nth health pass reads and decides every pod; the others only pods whose row, "
+        "container or deadline changed. 1 makes every pass full.",
+    )
     container_stop_timeout_sec: int = Field(
         5, ge=0, description="Seconds between SIGTERM and SIGKILL on stop."
     )

@@ -1,7 +1,15 @@
-"""The health loop: every pass lists the runtime ONCE, reads every pod of every tenant once, and reconciles each
-pod with :func:`openpods.domain.reconcile.decide`. Engine calls per pass therefore grow with the number of
-*changes* (removals, log captures), not with the number of pods. Container logs of running pods are refreshed
-by a separate, slower loop (and on demand by the API)."""
+"""The health loop: every pass lists the runtime ONCE and reconciles pods with
+:func:`openpods.domain.reconcile.decide`. Engine calls per pass therefore grow with the number of *changes*
+(removals, log captures), not with the number of pods. Container logs of running pods are refreshed by a
+separate, slower loop (and on demand by the API).
+
+Passes are incremental, and stay level-triggered: the loop keeps what it last read of every pod (the facts
+``decide`` needs, with the row's ``revision``) and what the previous list showed. A pass reads
+``(pod, revision)`` of every row (a cheap index scan), loads only rows whose revision changed, and decides only
+for pods whose row changed, whose container changed in the list, whose last decision was an action (until it
+has taken effect), or for which :func:`~openpods.domain.reconcile.recheck_at` says time alone may change the
+answer (a deadline, ``time_to_stop``). Every ``health_full_pass_every``-th pass reads and decides every pod,
+as every pass once did, so nothing can be missed for longer than that."""
 
 from __future__ import annotations
 
@@ -11,17 +19,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm.exc import StaleDataError
 
 from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
 from openpods.domain.container_spec import LABEL_INSTALLATION, container_name
-from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide
+from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide, recheck_at
 from openpods.runtimes.base import ContainerState, RuntimeFailure
 from openpods.services import pods as pod_svc
 from openpods.store import repo
@@ -43,13 +52,41 @@ class PassStats:
     engine_calls: int = 0
     changes: int = 0
     seconds: float = 0.0
+    loaded: int = 0  # pod rows read in full this pass
+    decided: int = 0  # pods for which decide() ran this pass
+    full: bool = False  # a full pass (every pod read and decided)
 
 
-def _facts(pod: Pod) -> PodFacts:
-    return PodFacts(status=pod.status, status_requested=pod.status_requested, status_since=pod.status_since,
-                    instance_id=pod.instance_id, start_instance_ts=pod.start_instance_ts,
-                    time_to_stop_default=pod.time_to_stop_default, time_to_stop_instance=pod.time_to_stop_instance,
-                    time_to_stop_ts=pod.time_to_stop_ts)
+@dataclass
+class _Known:
+    """What the loop last read of one pod row."""
+
+    tenant_id: str
+    pod_id: str
+    revision: int
+    facts: PodFacts
+    status_container: dict | None
+
+
+Key = tuple[str, str]
+# What the loop needs of a pod row (no definition columns, so no large JSON to decode).
+_FACT_COLUMNS = (Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.status, Pod.status_requested, Pod.status_since,
+                 Pod.instance_id, Pod.start_instance_ts, Pod.time_to_stop_default, Pod.time_to_stop_instance,
+                 Pod.time_to_stop_ts, Pod.status_container)
+
+
+def _known_from_row(row: Any) -> _Known:
+    facts = PodFacts(status=row.status, status_requested=row.status_requested, status_since=row.status_since,
+                     instance_id=row.instance_id, start_instance_ts=row.start_instance_ts,
+                     time_to_stop_default=row.time_to_stop_default, time_to_stop_instance=row.time_to_stop_instance,
+                     time_to_stop_ts=row.time_to_stop_ts)
+    return _Known(row.tenant_id, row.pod_id, row.revision, facts, row.status_container)
+
+
+def _signature(c: ContainerState) -> tuple[Any, ...]:
+    """What ``decide`` reads of a listed container. Not the engine's status text: it holds a relative time
+    ("Up 3 minutes") that changes on every list, and decide reads it only with a state change or a deadline."""
+    return (c.name, c.state, c.instance_id, c.exit_code, c.started_at)
 
 
 def _container_facts(c: ContainerState) -> ContainerFacts:
@@ -63,6 +100,11 @@ class Health:
         self.clock = clock or ctx.clock
         self.last = PassStats()
         self._reported: set[str] = set()
+        self._known: dict[Key, _Known] = {}  # every pod row, as last read
+        self._listed: dict[Key, tuple[Any, ...]] = {}  # the previous list, per pod
+        self._retry: set[Key] = set()  # pods whose last decision was an action: decide again next pass
+        self._due: dict[Key, datetime] = {}  # pods to decide again once this time has come (recheck_at)
+        self._passes = 0
 
     async def run(self) -> None:
         while True:
@@ -72,11 +114,12 @@ class Health:
                 log.exception("health pass failed; retrying")
             await self.ctx.bus.wait(HEALTH, self.ctx.settings.health_interval_sec)
 
-    async def pass_once(self) -> PassStats:
+    async def pass_once(self, *, full: bool | None = None) -> PassStats:
+        """One pass; ``full`` forces (True) or forbids (False) a full pass; by default every Nth pass is."""
         started = time.perf_counter()
         stats = PassStats()
         runtime = self.ctx.runtime
-        containers: dict[tuple[str, str], ContainerState] = {}
+        containers: dict[Key, ContainerState] = {}
         listed_at = self.clock()
         if runtime is not None:
             try:
@@ -91,38 +134,79 @@ class Health:
                 if c.tenant_id and c.pod_id and c.labels.get(LABEL_INSTALLATION) == self.ctx.installation_id:
                     containers[(c.tenant_id, c.pod_id)] = c
             stats.containers = len(listed)
+        if full is None:
+            full = self._passes % self.ctx.settings.health_full_pass_every == 0
+        self._passes += 1
+        stats.full = full
         # Pods are read after the list call: a container listed above whose pod row is gone is an orphan.
-        pods = await asyncio.to_thread(self._load_pods)
+        changed = await asyncio.to_thread(self._refresh, full)
+        stats.loaded = len(changed)
         await asyncio.to_thread(self._report_unexpected_storage)
-        stats.pods = len(pods)
-        known = {(p.tenant_id, p.pod_id) for p in pods}
+        stats.pods = len(self._known)
         for key, c in containers.items():
-            if key not in known:
+            if key not in self._known:
                 await self._remove(c.name, stats)
                 ORPHANS.inc()
                 log.info("removed orphan container %s", c.name)
         now = self.clock()
+        listing = {key: _signature(c) for key, c in containers.items()}
+        if full:
+            todo: set[Key] = set(self._known)
+        else:
+            todo = changed | self._retry
+            todo |= {k for k in listing.keys() | self._listed.keys() if listing.get(k) != self._listed.get(k)}
+            todo |= {k for k, at in self._due.items() if at <= now}
+        self._listed = listing
+        self._retry = set()
         deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
         problem = self.ctx.runtime_problem if runtime is None else ""
-        for pod in pods:
-            container = containers.get((pod.tenant_id, pod.pod_id))
-            if runtime is None and pod.status not in (st.REQUESTED, st.STOPPED):
+        for key in sorted(todo):
+            known = self._known.get(key)
+            if known is None:
+                continue  # deleted (its container, if any, was an orphan above)
+            self._due.pop(key, None)
+            if runtime is None and known.facts.status not in (st.REQUESTED, st.STOPPED):
                 continue  # without an engine, nothing can be observed: never conclude a container is gone
-            facts = _facts(pod)
+            stats.decided += 1
+            container = containers.get(key)
             cfacts = _container_facts(container) if container else None
-            decision = decide(facts, cfacts, now=now, listed_at=listed_at, deadline=deadline,
+            decision = decide(known.facts, cfacts, now=now, listed_at=listed_at, deadline=deadline,
                               runtime_problem=problem)
             if runtime is None:
                 decision.remove_container = False
-            if decision.is_noop() or (decision.status_container == pod.status_container and
+            if decision.is_noop() or (decision.status_container == known.status_container and
                                       decision == Decision(status_container=decision.status_container)):
+                at = recheck_at(known.facts, listed_at=listed_at, now=now, deadline=deadline)
+                if at is not None:
+                    self._due[key] = at
                 continue
             stats.changes += 1
-            await self._apply(pod, container, decision, stats)
+            self._retry.add(key)  # until a pass decides "nothing to do" for it
+            await self._apply(known, container, decision, stats)
         stats.seconds = time.perf_counter() - started
         PASS_SECONDS.observe(stats.seconds)
         self.last = stats
         return stats
+
+    def _refresh(self, full: bool) -> set[Key]:
+        """Bring ``_known`` up to date with the pods table; returns the keys of the rows read in full (new or
+        changed rows; every row in a full pass)."""
+        with self.ctx.sessions() as s:
+            if full:
+                rows = s.execute(select(*_FACT_COLUMNS)).all()
+                self._known = {(r.tenant_id, r.pod_id): _known_from_row(r) for r in rows}
+                self._due = {k: v for k, v in self._due.items() if k in self._known}
+                return set(self._known)
+            revisions = {(t, p): r for t, p, r in s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.revision))}
+            for key in self._known.keys() - revisions.keys():
+                del self._known[key]
+                self._due.pop(key, None)
+            changed = [k for k, r in revisions.items() if k not in self._known or self._known[k].revision != r]
+            for i in range(0, len(changed), 500):
+                batch = changed[i:i + 500]
+                for row in s.execute(select(*_FACT_COLUMNS).where(tuple_(Pod.tenant_id, Pod.pod_id).in_(batch))):
+                    self._known[(row.tenant_id, row.pod_id)] = _known_from_row(row)
+            return set(changed)
 
     def _report_unexpected_storage(self) -> None:
         """Directories with no volume or snapshot row are reported (once each), never deleted: a database
@@ -146,10 +230,6 @@ class Health:
                     self._reported.add(path)
                     UNEXPECTED.inc()
                     log.warning("storage directory without a database row (kept, not deleted): %s", path)
-
-    def _load_pods(self) -> list[Pod]:
-        with self.ctx.sessions() as s:
-            return list(s.scalars(select(Pod)))
 
     async def _remove(self, name: str, stats: PassStats) -> bool:
         assert self.ctx.runtime is not None
@@ -176,16 +256,16 @@ class Health:
             ENGINE_CALLS.labels("logs").inc()
         await asyncio.to_thread(store_logs, self.ctx, tenant_id, pod_id, instance_id, text)
 
-    async def _apply(self, pod: Pod, container: ContainerState | None, d: Decision, stats: PassStats) -> None:
+    async def _apply(self, pod: _Known, container: ContainerState | None, d: Decision, stats: PassStats) -> None:
         if d.capture_logs and container is not None:
-            await self.capture_logs(pod.tenant_id, pod.pod_id, container.instance_id or pod.instance_id, stats)
+            await self.capture_logs(pod.tenant_id, pod.pod_id, container.instance_id or pod.facts.instance_id, stats)
         if d.remove_container and container is not None:
             removed = await self._remove(container.name, stats)
             if not removed:
                 d.remove_container = False
             elif not d.status or d.status == st.DELETING:
                 # Gone now: decide again as if listed without it, to finish in this pass.
-                facts = _facts(pod)
+                facts = pod.facts
                 if d.status:
                     facts = PodFacts(**{**facts.__dict__, "status": d.status})
                 follow = decide(facts, None, now=self.clock(), listed_at=self.clock(),
