@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from openpods.api.context import AppContext
@@ -160,6 +161,7 @@ class Health:
         self._retry = set()
         deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
         problem = self.ctx.runtime_problem if runtime is None else ""
+        writes: list[tuple[str, str, int, Decision]] = []
         for key in sorted(todo):
             known = self._known.get(key)
             if known is None:
@@ -182,7 +184,14 @@ class Health:
                 continue
             stats.changes += 1
             self._retry.add(key)  # until a pass decides "nothing to do" for it
-            await self._apply(known, container, decision, stats)
+            writes.append(await self._apply(known, container, decision, stats))
+        # One transaction for the pass's writes (a commit per pod cost more than the rest of the pass); each
+        # write still checks that the row is the one decided on. Wake-ups only once it is committed.
+        if writes:
+            await asyncio.to_thread(self._write_many, writes)
+        for tenant_id, pod_id, _, d in writes:
+            if d.wake_spawner:
+                self.ctx.bus.publish(Wakeup(SPAWNER, tenant_id, pod_id))
         stats.seconds = time.perf_counter() - started
         PASS_SECONDS.observe(stats.seconds)
         self.last = stats
@@ -256,7 +265,9 @@ class Health:
             ENGINE_CALLS.labels("logs").inc()
         await asyncio.to_thread(store_logs, self.ctx, tenant_id, pod_id, instance_id, text)
 
-    async def _apply(self, pod: _Known, container: ContainerState | None, d: Decision, stats: PassStats) -> None:
+    async def _apply(self, pod: _Known, container: ContainerState | None, d: Decision,
+                     stats: PassStats) -> tuple[str, str, int, Decision]:
+        """The engine part of a decision (logs, removal); returns the database write still to make."""
         if d.capture_logs and container is not None:
             await self.capture_logs(pod.tenant_id, pod.pod_id, container.instance_id or pod.facts.instance_id, stats)
         if d.remove_container and container is not None:
@@ -273,40 +284,53 @@ class Health:
                 if d.log and follow.log:
                     follow.log = f"{d.log}; {follow.log}"
                 d = follow if not follow.is_noop() else d
-        await asyncio.to_thread(self._write, pod.tenant_id, pod.pod_id, pod.revision, d)
-        if d.wake_spawner:
-            self.ctx.bus.publish(Wakeup(SPAWNER, pod.tenant_id, pod.pod_id))
+        return pod.tenant_id, pod.pod_id, pod.revision, d
+
+    def _write_many(self, writes: list[tuple[str, str, int, Decision]]) -> None:
+        for i in range(0, len(writes), 200):
+            batch = writes[i:i + 200]
+            try:
+                with transaction(self.ctx.sessions) as s:
+                    for tenant_id, pod_id, revision, d in batch:
+                        self._write_one(s, tenant_id, pod_id, revision, d)
+            except StaleDataError:  # one row changed under us: write the others one by one
+                for item in batch:
+                    self._write(*item)
 
     def _write(self, tenant_id: str, pod_id: str, revision: int, d: Decision) -> None:
         try:
             with transaction(self.ctx.sessions) as s:
-                pod = s.get(Pod, (tenant_id, pod_id))
-                if pod is None or pod.revision != revision:
-                    return  # changed since we looked; the next pass decides again
-                now = repo.utcnow()
-                if d.status and d.status != pod.status:
-                    pod.status = d.status
-                    pod.status_since = now
-                if d.status_requested:
-                    pod.status_requested = d.status_requested
-                if d.clear_instance:
-                    pod.start_instance_ts = None
-                    pod.time_to_stop_ts = None
-                    pod.time_to_stop_instance = None
-                    pod.status_container = {}
-                    pod.host_ports = {}
-                if d.new_instance:
-                    pod.instance_id = uuid.uuid4().hex[:12]
-                if d.status_container is not None:
-                    pod.status_container = d.status_container
-                if d.start_instance_ts is not None:
-                    pod.start_instance_ts = d.start_instance_ts
-                if d.time_to_stop_ts is not False:
-                    pod.time_to_stop_ts = d.time_to_stop_ts  # type: ignore[assignment]
-                if d.log:
-                    repo.add_action_log(s, "pod", tenant_id, pod_id, "health", d.log)
+                self._write_one(s, tenant_id, pod_id, revision, d)
         except StaleDataError:
-            return
+            return  # changed concurrently; the next pass decides again
+
+    @staticmethod
+    def _write_one(s: Session, tenant_id: str, pod_id: str, revision: int, d: Decision) -> None:
+        pod = s.get(Pod, (tenant_id, pod_id))
+        if pod is None or pod.revision != revision:
+            return  # changed since we looked; the next pass decides again
+        now = repo.utcnow()
+        if d.status and d.status != pod.status:
+            pod.status = d.status
+            pod.status_since = now
+        if d.status_requested:
+            pod.status_requested = d.status_requested
+        if d.clear_instance:
+            pod.start_instance_ts = None
+            pod.time_to_stop_ts = None
+            pod.time_to_stop_instance = None
+            pod.status_container = {}
+            pod.host_ports = {}
+        if d.new_instance:
+            pod.instance_id = uuid.uuid4().hex[:12]
+        if d.status_container is not None:
+            pod.status_container = d.status_container
+        if d.start_instance_ts is not None:
+            pod.start_instance_ts = d.start_instance_ts
+        if d.time_to_stop_ts is not False:
+            pod.time_to_stop_ts = d.time_to_stop_ts  # type: ignore[assignment]
+        if d.log:
+            repo.add_action_log(s, "pod", tenant_id, pod_id, "health", d.log)
 
 
 def store_logs(ctx: AppContext, tenant_id: str, pod_id: str, instance_id: str, text: str) -> None:
