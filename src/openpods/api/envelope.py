@@ -109,6 +109,7 @@ def validation_messages(errors: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _FILE_PATH_RE = re.compile(r"^(/v3/pods/(?:volumes|snapshots)/[^/]*/(?:contents|upload))/")
 
 
@@ -125,9 +126,9 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        if _CONTROL_RE.search(path):
             file_path = _FILE_PATH_RE.match(path)
-            if file_path and not any(ord(c) < 32 or ord(c) == 127 for c in file_path.group(1)):
+            if file_path and not _CONTROL_RE.search(file_path.group(1)):
                 # The object exists maybe, but the file path inside it is malformed.
                 response = error_response(400, ["path: control characters are not allowed in file paths."])
             else:

@@ -6,7 +6,7 @@ import functools
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sqlalchemy import String, and_, bindparam, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from openpods.api import permissions_common as perms
 from openpods.api import rawjson
 from openpods.api.context import AppContext
-from openpods.api.deps import Caller, Ctx, check_level, check_own_grant
+from openpods.api.deps import Caller, Ctx, check_level, check_own_grant, get_identity
 from openpods.api.envelope import BadRequest, Conflict, no_change, ok
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
@@ -32,6 +32,7 @@ from openpods.services.images import check_image_allowed
 from openpods.services.mounts import check_mount_access
 from openpods.store import repo
 from openpods.store.db import retry_on_integrity_error, transaction
+from openpods.store.fastread import FastReads
 from openpods.store.tables import Permission, Pod, PodLog, PodSecret
 
 router = APIRouter(prefix="/v3/pods", tags=["pods"])
@@ -130,7 +131,13 @@ _SIG_GRANTED = _SIG_ALL.join(Permission, and_(
 
 
 @router.get("", operation_id="list_pods", summary="list_pods")
-def list_pods(ctx: Ctx, caller: Caller) -> Response:
+async def list_pods(request: Request) -> Response:
+    # Without FastAPI dependencies, as get_pod; the reads run in the thread pool.
+    caller = await get_identity(request)
+    return await run_in_threadpool(_list_pods, request.app.state.ctx, caller)
+
+
+def _list_pods(ctx: AppContext, caller: Identity) -> Response:
     """One aggregate query answers an unchanged list from the cache. Otherwise reads (pod_id, revision) of the
     listed pods, and reads in full and renders only pods changed since this process last rendered them (see
     api.rawjson)."""
@@ -221,19 +228,25 @@ _GET_VIEW = (
 )
 
 
+_GET_VIEW_READ = FastReads(_GET_VIEW)
+
+
 @router.get("/{pod_id}", operation_id="get_pod", summary="get_pod")
-async def get_pod(ctx: Ctx, caller: Caller, pod_id: str) -> Response:
-    # One primary-key read. On SQLite (a local file in WAL mode, where readers never wait for writers) it runs
-    # on the event loop: the hop to the thread pool costs more than the read. Other databases: thread pool.
+async def get_pod(request: Request, pod_id: str) -> Response:
+    # The hottest endpoint: the context and caller without FastAPI dependencies (solving them cost more than
+    # the query). One primary-key read; on SQLite (a local file in WAL mode, where readers never wait for
+    # writers) on the event loop, since the hop to the thread pool costs more than the read; otherwise in the
+    # thread pool.
+    ctx: AppContext = request.app.state.ctx
+    caller = await get_identity(request)
     if ctx.engine.dialect.name == "sqlite":
         return _get_pod(ctx, caller, pod_id)
     return await run_in_threadpool(_get_pod, ctx, caller, pod_id)
 
 
 def _get_pod(ctx: AppContext, caller: Identity, pod_id: str) -> Response:
-    with ctx.engine.connect() as conn:
-        row = conn.execute(_GET_VIEW, {"username": caller.username, "tenant_id": caller.tenant_id,
-                                       "pod_id": pod_id}).first()
+    row = _GET_VIEW_READ.first(ctx.engine, {"username": caller.username, "tenant_id": caller.tenant_id,
+                                            "pod_id": pod_id})
     check_own_grant(caller, "pod", pod_id, Level.READ, exists=row is not None, grant=row[1] if row else None)
     assert row is not None
     revision, _, *values = row
