@@ -86,6 +86,8 @@ def test_a_listed_pod_is_exactly_what_get_pod_shows(server: Any, new_id: Any) ->
             "time_to_stop_instance": 3600}
     created = c.post("/v3/pods", json=body)
     assert created.status_code == 200, created.text
+    # Before anything was cached: get_pod renders what create_pod answered (the ORM object's view).
+    assert c.get(f"/v3/pods/{rich}").json()["result"] == created.json()["result"]
     listed = c.get("/v3/pods").json()
     assert [p["pod_id"] for p in listed["result"]] == sorted([plain, rich])
     for pod_id in (plain, rich):

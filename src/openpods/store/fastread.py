@@ -20,7 +20,8 @@ class FastRead:
         self.fixed = {name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required}
         self.positions: list[str] | None = list(compiled.positiontup) if compiled.positional else None  # type: ignore[arg-type]
         self.processors: list[Callable[[Any], Any] | None] = [
-            column.type.result_processor(engine.dialect, None) for column in statement.selected_columns]
+            column.type.dialect_impl(engine.dialect).result_processor(engine.dialect, None)
+            for column in statement.selected_columns]
 
     def first(self, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row (converted), or None."""
