@@ -74,6 +74,23 @@ def test_list_and_get_show_every_change_at_once(server: Any, new_id: Any) -> Non
     assert oc.get(f"/v3/pods/{pod_id}").status_code == 404
 
 
+def test_a_pod_deleted_and_made_again_is_shown_anew(server: Any, new_id: Any) -> None:
+    """The same id made again starts its revisions over: the caches must not take it for the old pod."""
+    c = server.client(new_id("user"))
+    pod_id = new_id("pod")
+    revisions = []
+    for description in ("first life", "second life"):
+        made = c.post("/v3/pods", json={"pod_id": pod_id, "image": IMAGE, "status_requested": "OFF",
+                                        "description": description})
+        assert made.status_code == 200, made.text
+        assert by_id(c.get("/v3/pods"), pod_id)["description"] == description
+        assert c.get(f"/v3/pods/{pod_id}").json()["result"]["description"] == description
+        with server.session() as s:
+            revisions.append(s.get(Pod, ("default", pod_id)).revision)
+        assert c.delete(f"/v3/pods/{pod_id}").status_code == 200
+    assert revisions[0] == revisions[1]  # the same revision both times: what makes this a trap
+
+
 def test_a_listed_pod_is_exactly_what_get_pod_shows(server: Any, new_id: Any) -> None:
     user = new_id("user")
     c = server.client(user)

@@ -216,3 +216,14 @@ async def test_orphans_and_deleted_pods(env: Env) -> None:
     env.add_pod("fresh", st.STOPPED)
     stats = await env.incremental()
     assert stats.loaded == 1 and env.pod("fresh").status == st.REQUESTED
+
+
+async def test_a_pod_deleted_and_made_again_between_passes_is_read_anew(env: Env) -> None:
+    await steady(env, 3)
+    with transaction(env.ctx.sessions) as s:
+        s.delete(s.get(Pod, ("default", "pod001")))
+    # Made again before the next pass, with the same revision (1) as the old row; its container still runs.
+    env.add_pod("pod001", st.STOPPED)
+    stats = await env.incremental()
+    assert stats.loaded == 1
+    assert env.pod("pod001").status == st.REQUESTED

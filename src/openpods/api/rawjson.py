@@ -2,10 +2,11 @@
 
 - JSON columns are read as their stored text and embedded verbatim (``orjson.Fragment``) instead of being
   decoded into Python objects and encoded again.
-- Each row's rendered JSON is kept by (tenant, id) with the row's ``revision`` (bumped on every ORM write, the
-  optimistic lock): a list reads only ``(id, revision)`` of every row and fetches and renders just the rows
-  that changed since it last saw them.
-- A whole list is kept with its signature, the listed rows' ``id:revision`` aggregated into one string by the
+- Each row's rendered JSON is kept by (tenant, id) with the row's version: its ``revision`` (bumped on every ORM
+  write, the optimistic lock) and ``creation_ts`` (a row deleted and made again starts its revisions over). A
+  list reads only ``(id, version)`` of every row and fetches and renders just the rows that changed since it
+  last saw them.
+- A whole list is kept with its signature, the listed rows' ids and versions aggregated into strings by the
   database: an unchanged list costs one aggregate query.
 
 Whoever writes a rendered column must bump ``revision`` (the ORM does; a Core UPDATE must set it).
@@ -69,13 +70,13 @@ class RowRenderer:
 
 
 class FragmentCache:
-    """Rendered rows by ``(tenant, id)`` with the revision they were rendered at (bounded: past ``max_rows``
+    """Rendered rows by ``(tenant, id)`` with the version they were rendered at (bounded: past ``max_rows``
     entries it starts over), and whole rendered lists by scope with the signature (the listed rows' ids and
     revisions) they were rendered for (LRU, at most ``max_list_bytes``)."""
 
     def __init__(self, max_rows: int = 100_000, max_list_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_rows = max_rows
-        self._rows: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self._rows: dict[tuple[str, str], tuple[Any, bytes]] = {}
         self._lists: LRUCache[Any, tuple[str, bytes]] = LRUCache(
             maxsize=max_list_bytes, getsizeof=lambda v: len(v[0]) + len(v[1]))
         self._lock = threading.Lock()  # cachetools caches are not thread-safe
@@ -92,23 +93,23 @@ class FragmentCache:
             except ValueError:  # larger than the whole cache
                 self._lists.pop(scope, None)
 
-    def get(self, tenant_id: str, object_id: str, revision: int) -> bytes | None:
+    def get(self, tenant_id: str, object_id: str, version: Any) -> bytes | None:
         hit = self._rows.get((tenant_id, object_id))
-        return hit[1] if hit is not None and hit[0] == revision else None
+        return hit[1] if hit is not None and hit[0] == version else None
 
-    def get_many(self, tenant_id: str, keys: Iterable[tuple[str, int]]) -> dict[str, bytes]:
-        """``{id: rendered}`` for the ``(id, revision)`` pairs held at that revision."""
+    def get_many(self, tenant_id: str, keys: Iterable[tuple[str, Any]]) -> dict[str, bytes]:
+        """``{id: rendered}`` for the ``(id, version)`` pairs held at that version."""
         rows, out = self._rows, {}
-        for object_id, revision in keys:
+        for object_id, version in keys:
             hit = rows.get((tenant_id, object_id))
-            if hit is not None and hit[0] == revision:
+            if hit is not None and hit[0] == version:
                 out[object_id] = hit[1]
         return out
 
-    def put(self, tenant_id: str, object_id: str, revision: int, rendered: bytes) -> None:
+    def put(self, tenant_id: str, object_id: str, version: Any, rendered: bytes) -> None:
         if len(self._rows) >= self.max_rows:
             self._rows = {}
-        self._rows[(tenant_id, object_id)] = (revision, rendered)
+        self._rows[(tenant_id, object_id)] = (version, rendered)
 
     def keep_only(self, tenant_id: str, object_ids: Collection[str]) -> None:
         """Forget the tenant's rows that no longer exist (called after a list of all of the tenant's rows)."""

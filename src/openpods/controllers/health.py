@@ -4,8 +4,8 @@
 separate, slower loop (and on demand by the API).
 
 Passes are incremental, and stay level-triggered: the loop keeps what it last read of every pod (the facts
-``decide`` needs, with the row's ``revision``) and what the previous list showed. A pass reads
-``(pod, revision)`` of every row (a cheap index scan), loads only rows whose revision changed, and decides only
+``decide`` needs, with the row's version: ``revision`` and ``creation_ts``) and what the previous list showed. A
+pass reads the version of every row (a covering-index scan), loads only rows whose version changed, decides only
 for pods whose row changed, whose container changed in the list, whose last decision was an action (until it
 has taken effect), or for which :func:`~openpods.domain.reconcile.recheck_at` says time alone may change the
 answer (a deadline, ``time_to_stop``). Every ``health_full_pass_every``-th pass reads and decides every pod,
@@ -65,15 +65,20 @@ class _Known:
     tenant_id: str
     pod_id: str
     revision: int
+    created: datetime
     facts: PodFacts
     status_container: dict | None
+
+    @property
+    def version(self) -> tuple[int, datetime]:
+        return self.revision, self.created
 
 
 Key = tuple[str, str]
 # What the loop needs of a pod row (no definition columns, so no large JSON to decode).
-_FACT_COLUMNS = (Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.status, Pod.status_requested, Pod.status_since,
-                 Pod.instance_id, Pod.start_instance_ts, Pod.time_to_stop_default, Pod.time_to_stop_instance,
-                 Pod.time_to_stop_ts, Pod.status_container)
+_FACT_COLUMNS = (Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts, Pod.status, Pod.status_requested,
+                 Pod.status_since, Pod.instance_id, Pod.start_instance_ts, Pod.time_to_stop_default,
+                 Pod.time_to_stop_instance, Pod.time_to_stop_ts, Pod.status_container)
 
 
 def _known_from_row(row: Any) -> _Known:
@@ -81,7 +86,7 @@ def _known_from_row(row: Any) -> _Known:
                      instance_id=row.instance_id, start_instance_ts=row.start_instance_ts,
                      time_to_stop_default=row.time_to_stop_default, time_to_stop_instance=row.time_to_stop_instance,
                      time_to_stop_ts=row.time_to_stop_ts)
-    return _Known(row.tenant_id, row.pod_id, row.revision, facts, row.status_container)
+    return _Known(row.tenant_id, row.pod_id, row.revision, row.creation_ts, facts, row.status_container)
 
 
 def _signature(c: ContainerState) -> tuple[Any, ...]:
@@ -161,7 +166,7 @@ class Health:
         self._retry = set()
         deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
         problem = self.ctx.runtime_problem if runtime is None else ""
-        writes: list[tuple[str, str, int, Decision]] = []
+        writes: list[tuple[str, str, tuple[int, datetime], Decision]] = []
         for key in sorted(todo):
             known = self._known.get(key)
             if known is None:
@@ -206,11 +211,13 @@ class Health:
                 self._known = {(r.tenant_id, r.pod_id): _known_from_row(r) for r in rows}
                 self._due = {k: v for k, v in self._due.items() if k in self._known}
                 return set(self._known)
-            revisions = {(t, p): r for t, p, r in s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.revision))}
-            for key in self._known.keys() - revisions.keys():
+            # A row's version: its revision and creation_ts (a pod deleted and made again starts over).
+            versions = {(t, p): (r, c) for t, p, r, c in
+                        s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts))}
+            for key in self._known.keys() - versions.keys():
                 del self._known[key]
                 self._due.pop(key, None)
-            changed = [k for k, r in revisions.items() if k not in self._known or self._known[k].revision != r]
+            changed = [k for k, v in versions.items() if k not in self._known or self._known[k].version != v]
             for i in range(0, len(changed), 500):
                 batch = changed[i:i + 500]
                 for row in s.execute(select(*_FACT_COLUMNS).where(tuple_(Pod.tenant_id, Pod.pod_id).in_(batch))):
@@ -266,7 +273,7 @@ class Health:
         await asyncio.to_thread(store_logs, self.ctx, tenant_id, pod_id, instance_id, text)
 
     async def _apply(self, pod: _Known, container: ContainerState | None, d: Decision,
-                     stats: PassStats) -> tuple[str, str, int, Decision]:
+                     stats: PassStats) -> tuple[str, str, tuple[int, datetime], Decision]:
         """The engine part of a decision (logs, removal); returns the database write still to make."""
         if d.capture_logs and container is not None:
             await self.capture_logs(pod.tenant_id, pod.pod_id, container.instance_id or pod.facts.instance_id, stats)
@@ -284,30 +291,30 @@ class Health:
                 if d.log and follow.log:
                     follow.log = f"{d.log}; {follow.log}"
                 d = follow if not follow.is_noop() else d
-        return pod.tenant_id, pod.pod_id, pod.revision, d
+        return pod.tenant_id, pod.pod_id, pod.version, d
 
-    def _write_many(self, writes: list[tuple[str, str, int, Decision]]) -> None:
+    def _write_many(self, writes: list[tuple[str, str, tuple[int, datetime], Decision]]) -> None:
         for i in range(0, len(writes), 200):
             batch = writes[i:i + 200]
             try:
                 with transaction(self.ctx.sessions) as s:
-                    for tenant_id, pod_id, revision, d in batch:
-                        self._write_one(s, tenant_id, pod_id, revision, d)
+                    for tenant_id, pod_id, version, d in batch:
+                        self._write_one(s, tenant_id, pod_id, version, d)
             except StaleDataError:  # one row changed under us: write the others one by one
                 for item in batch:
                     self._write(*item)
 
-    def _write(self, tenant_id: str, pod_id: str, revision: int, d: Decision) -> None:
+    def _write(self, tenant_id: str, pod_id: str, version: tuple[int, datetime], d: Decision) -> None:
         try:
             with transaction(self.ctx.sessions) as s:
-                self._write_one(s, tenant_id, pod_id, revision, d)
+                self._write_one(s, tenant_id, pod_id, version, d)
         except StaleDataError:
             return  # changed concurrently; the next pass decides again
 
     @staticmethod
-    def _write_one(s: Session, tenant_id: str, pod_id: str, revision: int, d: Decision) -> None:
+    def _write_one(s: Session, tenant_id: str, pod_id: str, version: tuple[int, datetime], d: Decision) -> None:
         pod = s.get(Pod, (tenant_id, pod_id))
-        if pod is None or pod.revision != revision:
+        if pod is None or (pod.revision, pod.creation_ts) != version:
             return  # changed since we looked; the next pass decides again
         now = repo.utcnow()
         if d.status and d.status != pod.status:

@@ -65,8 +65,9 @@ class Pod(Base):
 
     __table_args__ = (
         Index("ix_pods_status", "status"),
-        # Covering: list_pods' signature and the health loop's revision scan read only the index.
-        Index("ix_pods_revision", "tenant_id", "pod_id", "revision"),
+        # Covering: list_pods' signature and the health loop's revision scan read only the index. A row's
+        # version is (revision, creation_ts): a pod deleted and made again starts its revisions over.
+        Index("ix_pods_revision", "tenant_id", "pod_id", "revision", "creation_ts"),
     )
     __mapper_args__ = {"version_id_col": revision}
 

@@ -112,19 +112,21 @@ def _retrying(fn):
 
 _VIEW_ATTRS = [getattr(Pod, name) for name in pod_svc.POD_VIEW_FIELDS]
 _render_view = rawjson.RowRenderer(_VIEW_ATTRS, pod_svc.pod_view)
-# (pod_id, revision) of every pod of the tenant, or of those the caller holds a grant on (any level >= READ).
-_LIST_ALL = select(Pod.pod_id, Pod.revision).where(Pod.tenant_id == bindparam("tenant_id")).order_by(Pod.pod_id)
+# A pod row's version: its revision (bumped on every ORM write) and creation_ts (a pod deleted and made again
+# starts its revisions over). (pod_id, revision, creation_ts) of every pod of the tenant, or of those the
+# caller holds a grant on (any level >= READ).
+_LIST_ALL = (select(Pod.pod_id, Pod.revision, Pod.creation_ts).where(Pod.tenant_id == bindparam("tenant_id"))
+             .order_by(Pod.pod_id))
 _LIST_GRANTED = _LIST_ALL.join(Permission, and_(
     Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id, Permission.object_id == Pod.pod_id,
     Permission.username == bindparam("username")))
-_VIEW_ROWS = (select(Pod.pod_id, Pod.revision, *rawjson.raw_json_columns(_VIEW_ATTRS))
+_VIEW_ROWS = (select(Pod.pod_id, Pod.revision, Pod.creation_ts, *rawjson.raw_json_columns(_VIEW_ATTRS))
               .where(Pod.tenant_id == bindparam("tenant_id"), Pod.pod_id.in_(bindparam("ids", expanding=True))))
-
-
-# The listed pods' "pod_id:revision" in one string: when it equals the one a cached list was rendered for,
-# nothing in that list changed (every write bumps the revision) and the cached body is the answer.
-_SIGNATURE = func.aggregate_strings(Pod.pod_id + ":" + cast(Pod.revision, String), ",")
-_SIG_ALL = select(_SIGNATURE).where(Pod.tenant_id == bindparam("tenant_id"))
+# The listed pods' ids and versions, aggregated (in one scan, so in one order) by the database: when they equal
+# those a cached list was rendered for, nothing in that list changed and the cached body is the answer.
+_SIG_ALL = (select(func.aggregate_strings(Pod.pod_id, ","), func.aggregate_strings(cast(Pod.revision, String), ","),
+                   func.aggregate_strings(cast(Pod.creation_ts, String), ","))
+            .where(Pod.tenant_id == bindparam("tenant_id")))
 _SIG_GRANTED = _SIG_ALL.join(Permission, and_(
     Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id, Permission.object_id == Pod.pod_id,
     Permission.username == bindparam("username")))
@@ -138,24 +140,27 @@ async def list_pods(request: Request) -> Response:
 
 
 def _list_pods(ctx: AppContext, caller: Identity) -> Response:
-    """One aggregate query answers an unchanged list from the cache. Otherwise reads (pod_id, revision) of the
+    """One aggregate query answers an unchanged list from the cache. Otherwise reads (pod_id, version) of the
     listed pods, and reads in full and renders only pods changed since this process last rendered them (see
     api.rawjson)."""
     views, tenant_id = ctx.pod_views, caller.tenant_id
     params = {"tenant_id": tenant_id, "username": caller.username}
     scope = (tenant_id, "" if caller.is_admin else caller.username)
     with ctx.engine.connect() as conn:
-        signature = conn.execute(_SIG_ALL if caller.is_admin else _SIG_GRANTED, params).scalar() or ""
+        parts = conn.execute(_SIG_ALL if caller.is_admin else _SIG_GRANTED, params).one()
+        signature = "\n".join(part or "" for part in parts)
         body = views.get_list(scope, signature)
         if body is not None:
             return Response(body, media_type="application/json")
-        listed = conn.execute(_LIST_ALL if caller.is_admin else _LIST_GRANTED, params).all()
+        listed = [(pod_id, (revision, created)) for pod_id, revision, created in
+                  conn.execute(_LIST_ALL if caller.is_admin else _LIST_GRANTED, params)]
         rendered = views.get_many(tenant_id, listed)
         missing = [pod_id for pod_id, _ in listed if pod_id not in rendered]
         for i in range(0, len(missing), 500):
-            for pod_id, revision, *values in conn.execute(_VIEW_ROWS, {**params, "ids": missing[i:i + 500]}):
+            for pod_id, revision, created, *values in conn.execute(_VIEW_ROWS,
+                                                                    {**params, "ids": missing[i:i + 500]}):
                 rendered[pod_id] = _render_view(values)
-                views.put(tenant_id, pod_id, revision, rendered[pod_id])
+                views.put(tenant_id, pod_id, (revision, created), rendered[pod_id])
     if caller.is_admin:
         views.keep_only(tenant_id, rendered.keys())
     # A pod deleted between the reads is left out. Everything read after the signature is at least as new, so
@@ -219,9 +224,9 @@ def _create_pod(ctx: AppContext, caller: Identity, body: NewPod) -> JSONResponse
     return ok(view)
 
 
-# One query: the pod's view columns (JSON as stored), its revision and the caller's own grant.
+# One query: the pod's view columns (JSON as stored), its version and the caller's own grant.
 _GET_VIEW = (
-    select(Pod.revision, Permission.level, *rawjson.raw_json_columns(_VIEW_ATTRS))
+    select(Pod.revision, Pod.creation_ts, Permission.level, *rawjson.raw_json_columns(_VIEW_ATTRS))
     .outerjoin(Permission, and_(Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id,
                                 Permission.object_id == Pod.pod_id, Permission.username == bindparam("username")))
     .where(Pod.tenant_id == bindparam("tenant_id"), Pod.pod_id == bindparam("pod_id"))
@@ -247,13 +252,13 @@ async def get_pod(request: Request, pod_id: str) -> Response:
 def _get_pod(ctx: AppContext, caller: Identity, pod_id: str) -> Response:
     row = _GET_VIEW_READ.first(ctx.engine, {"username": caller.username, "tenant_id": caller.tenant_id,
                                             "pod_id": pod_id})
-    check_own_grant(caller, "pod", pod_id, Level.READ, exists=row is not None, grant=row[1] if row else None)
+    check_own_grant(caller, "pod", pod_id, Level.READ, exists=row is not None, grant=row[2] if row else None)
     assert row is not None
-    revision, _, *values = row
-    rendered = ctx.pod_views.get(caller.tenant_id, pod_id, revision)
+    revision, created, _, *values = row
+    rendered = ctx.pod_views.get(caller.tenant_id, pod_id, (revision, created))
     if rendered is None:
         rendered = _render_view(values)
-        ctx.pod_views.put(caller.tenant_id, pod_id, revision, rendered)
+        ctx.pod_views.put(caller.tenant_id, pod_id, (revision, created), rendered)
     return rawjson.ok_fragment(rendered)
 
 

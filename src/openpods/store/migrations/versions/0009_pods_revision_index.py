@@ -1,4 +1,4 @@
-"""pods: covering index (tenant_id, pod_id, revision)
+"""pods: covering index (tenant_id, pod_id, revision, creation_ts)
 
 list_pods' change signature, its (pod_id, revision) list and the health loop's revision scan read only this
 index instead of every (wide) pod row.
@@ -17,7 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index('ix_pods_revision', 'pods', ['tenant_id', 'pod_id', 'revision'], unique=False)
+    op.create_index('ix_pods_revision', 'pods', ['tenant_id', 'pod_id', 'revision', 'creation_ts'], unique=False)
 
 
 def downgrade() -> None:
