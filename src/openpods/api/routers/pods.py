@@ -134,24 +134,36 @@ _SIG_GRANTED = _SIG_ALL.join(Permission, and_(
 
 @router.get("", operation_id="list_pods", summary="list_pods")
 async def list_pods(request: Request) -> Response:
-    # Without FastAPI dependencies, as get_pod; the reads run in the thread pool.
+    """One aggregate query answers an unchanged list from the cache (on SQLite on the event loop, as get_pod's
+    read: an index-only scan). Otherwise, in the thread pool: (pod_id, version) of the listed pods, and only pods
+    changed since this process last rendered them are read in full and rendered (see api.rawjson)."""
+    ctx: AppContext = request.app.state.ctx
     caller = await get_identity(request)
-    return await run_in_threadpool(_list_pods, request.app.state.ctx, caller)
+    if ctx.engine.dialect.name == "sqlite":
+        signature = _list_signature(ctx, caller)
+    else:
+        signature = await run_in_threadpool(_list_signature, ctx, caller)
+    body = ctx.pod_views.get_list(_list_scope(caller), signature)
+    if body is not None:
+        return Response(body, media_type="application/json")
+    return await run_in_threadpool(_list_pods, ctx, caller, signature)
 
 
-def _list_pods(ctx: AppContext, caller: Identity) -> Response:
-    """One aggregate query answers an unchanged list from the cache. Otherwise reads (pod_id, version) of the
-    listed pods, and reads in full and renders only pods changed since this process last rendered them (see
-    api.rawjson)."""
-    views, tenant_id = ctx.pod_views, caller.tenant_id
-    params = {"tenant_id": tenant_id, "username": caller.username}
-    scope = (tenant_id, "" if caller.is_admin else caller.username)
+def _list_scope(caller: Identity) -> tuple[str, str]:
+    return caller.tenant_id, "" if caller.is_admin else caller.username
+
+
+def _list_signature(ctx: AppContext, caller: Identity) -> str:
+    params = {"tenant_id": caller.tenant_id, "username": caller.username}
     with ctx.engine.connect() as conn:
         parts = conn.execute(_SIG_ALL if caller.is_admin else _SIG_GRANTED, params).one()
-        signature = "\n".join(part or "" for part in parts)
-        body = views.get_list(scope, signature)
-        if body is not None:
-            return Response(body, media_type="application/json")
+    return "\n".join(part or "" for part in parts)
+
+
+def _list_pods(ctx: AppContext, caller: Identity, signature: str) -> Response:
+    views, tenant_id = ctx.pod_views, caller.tenant_id
+    params = {"tenant_id": tenant_id, "username": caller.username}
+    with ctx.engine.connect() as conn:
         listed = [(pod_id, (revision, created)) for pod_id, revision, created in
                   conn.execute(_LIST_ALL if caller.is_admin else _LIST_GRANTED, params)]
         rendered = views.get_many(tenant_id, listed)
@@ -166,7 +178,7 @@ def _list_pods(ctx: AppContext, caller: Identity) -> Response:
     # A pod deleted between the reads is left out. Everything read after the signature is at least as new, so
     # the body may only be newer than its signature, never older: a later change still changes the signature.
     response = rawjson.ok_fragments([rendered[p] for p, _ in listed if p in rendered])
-    views.put_list(scope, signature, bytes(response.body))
+    views.put_list(_list_scope(caller), signature, bytes(response.body))
     return response
 
 
