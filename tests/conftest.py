@@ -246,6 +246,7 @@ class ServerHandle:
             else:
                 user.password_hash = _FAST_HASHER.hash(password)
                 user.is_admin = admin
+        self.ctx.token_cache.forget(tenant_id, name)  # the site-admin flag may have changed
         self._passwords[(tenant_id, name)] = password
         return password
 

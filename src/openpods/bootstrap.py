@@ -7,6 +7,7 @@ import os
 import sys
 
 from openpods.api.context import AppContext
+from openpods.auth.token_cache import VerifiedTokenCache
 from openpods.auth.tokens import (
     SecretBox,
     TokenService,
@@ -51,6 +52,7 @@ def build_context(settings: Settings, *, migrate: bool = True, bus: Bus | None =
         bus=bus or make_bus(settings),
         proxy_secret=settings.proxy_secret or load_or_create_secret(keys / "proxy-secret"),
     )
+    ctx.token_cache = VerifiedTokenCache(settings.token_cache_sec)
     from openpods.services.proxy import make_route_table
 
     ctx.proxy_config = make_route_table(settings, ctx.sessions, ctx.proxy_secret)

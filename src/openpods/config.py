@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         description="Largest body of a file upload (volume, pod, Jupyter) in bytes; 0 means no cap beyond the "
         "volume's size_limit (uploads stream to disk).",
     )
+    token_cache_sec: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="Seconds a verified token (with its site-admin flag) is reused without verifying it again; "
+        "a revoked token or a changed admin flag takes effect in other processes within this time. 0 disables.",
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
     )
@@ -224,6 +231,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a pod may stay in a transitional state "
         "(REQUESTED, SPAWNER SETUP, CREATING, DELETING) before it is re-driven.",
+    )
+    health_full_pass_every: int = Field(
+        30,
+        ge=1,
+        description="Every Nth health pass reads and decides every pod; the others only pods whose row, "
+        "container or deadline changed. 1 makes every pass full.",
     )
     container_stop_timeout_sec: int = Field(
         5, ge=0, description="Seconds between SIGTERM and SIGKILL on stop."

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from openpods.domain import status as st
-from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide
+from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide, recheck_at
 
 NOW = datetime(2026, 3, 1, 12, 0, 0)  # naive UTC, like the stored timestamps
 DEADLINE = timedelta(seconds=180)
@@ -407,3 +407,39 @@ def test_every_decision_is_consistent(status: str, requested: str, c: ContainerF
             assert d.status in (st.STOPPED, st.REQUESTED)
         if not d.is_noop() and d.status:
             assert d.log
+
+
+# ------------------------------------------------------------------------------------------- recheck_at
+# The health loop skips a pod whose row and container did not change until recheck_at(...). That is only
+# correct if decide() answers "nothing to do" at every moment before then: checked over a grid of cases.
+
+def _effectively_noop(d: Decision) -> bool:
+    return d == Decision(status_container=d.status_container)
+
+
+@pytest.mark.parametrize("status", st.ALL)
+@pytest.mark.parametrize("requested", [st.ON, st.OFF, st.RESTART])
+@pytest.mark.parametrize("cstate", [None, "running", "created", "exited", "unknown"])
+@pytest.mark.parametrize("since", [LONG_AGO, RECENTLY, NOW - timedelta(seconds=179), AFTER_LIST])
+@pytest.mark.parametrize("ttl", [None, 30, 600])
+def test_decide_answers_nothing_to_do_until_recheck_at(status: str, requested: str, cstate: str | None,
+                                                        since: datetime, ttl: int | None) -> None:
+    start = since if cstate == "running" else None
+    ttl_ts = start + timedelta(seconds=ttl) if start is not None and ttl is not None else None
+    p = pod(status, requested, since=since, start_instance_ts=start, time_to_stop_default=ttl or -1,
+            time_to_stop_ts=ttl_ts)
+    c = container(cstate, started_at=since.replace(tzinfo=UTC)) if cstate else None
+    first = run(p, c)
+    if not _effectively_noop(first):
+        return  # the loop acts, and decides again next pass
+    until = recheck_at(p, listed_at=LISTED_AT, now=NOW, deadline=DEADLINE)
+    horizon = until if until is not None else NOW + timedelta(days=3)
+    # Later passes: time moves on, and each list call comes just before its pass.
+    later = NOW + timedelta(milliseconds=1)
+    while later < horizon:
+        d = run(p, c, now=later, listed_at=later - timedelta(milliseconds=50))
+        assert _effectively_noop(d) and d.status_container == first.status_container, (later, d)
+        later += max((horizon - NOW) / 50, timedelta(milliseconds=1))
+    if until is not None and until > NOW:
+        # ... and the answer may differ right after it (not required: recheck_at may be early).
+        run(p, c, now=until + timedelta(seconds=1), listed_at=until)

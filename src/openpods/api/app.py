@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
 
 from openpods import __version__
 from openpods.api.context import AppContext
 from openpods.api.envelope import GuardMiddleware, install_error_handlers
+from openpods.api.fast_routes import hoist
 from openpods.api.routers import (
     auth,
     images,
@@ -20,6 +22,14 @@ from openpods.api.routers import (
     templates,
     volumes,
 )
+
+MODULES = (misc, auth, proxy, templates, images, snapshots, volumes, jupyter, pod_runtime, pods)
+HOT_ROUTES = ("get_pod", "list_pods")
+
+
+def ordered_routes() -> list[BaseRoute]:
+    """Every API route, in the order that keeps fixed paths ahead of ``/pods/{pod_id}``."""
+    return [route for module in MODULES for route in module.router.routes]
 
 
 def create_app(ctx: AppContext) -> FastAPI:
@@ -45,8 +55,10 @@ def create_app(ctx: AppContext) -> FastAPI:
             allow_headers=["*"],
             max_age=600,
         )
-    for module in (misc, auth, proxy, templates, images, snapshots, volumes, jupyter, pod_runtime, pods):
-        app.include_router(module.router)
+    # The routes themselves rather than include_router: FastAPI's matching through included routers costs
+    # ~1 us per route and router on every request. Safe because no router adds a prefix, dependency or setting
+    # at include time. The hottest routes go first where that changes no answer (api.fast_routes).
+    app.router.routes.extend(hoist(ordered_routes(), HOT_ROUTES))
     app.add_middleware(GuardMiddleware, max_body_bytes=ctx.settings.max_request_body_bytes,
                        max_upload_bytes=ctx.settings.max_upload_bytes)  # added last: the outermost layer
     return app

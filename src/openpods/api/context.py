@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from openpods.api.rawjson import FragmentCache
+from openpods.auth.token_cache import VerifiedTokenCache
 from openpods.auth.tokens import SecretBox, TokenService
 from openpods.bus.base import Bus
 from openpods.config import Settings
@@ -35,6 +37,8 @@ class AppContext:
     proxy_secret: str = ""
     clock: Callable[[], datetime] = field(default=utcnow)
     loop: Any = None  # the event loop running the runtime adapter (set by the controllers' runner)
+    token_cache: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)  # verified tokens, short-lived
+    pod_views: FragmentCache = field(default_factory=FragmentCache)  # get/list_pods: rendered pods by revision
 
     def run_async(self, coro: Any, timeout: float) -> Any:
         """Run a coroutine on the adapters' loop from a worker thread (sync endpoints)."""

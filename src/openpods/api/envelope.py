@@ -140,6 +140,9 @@ class BodyTooLarge(StarletteHTTPException):
 
 # Endpoints whose body is a file streamed to disk (bounded by the volume's size_limit, not by the JSON cap).
 _UPLOAD_PATH_RE = re.compile(r"^/v3/pods/(?:volumes/[^/]+/upload/.+|[^/]+/(?:upload_to_pod|upload))$")
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _FILE_PATH_RE = re.compile(r"^(/v3/pods/(?:volumes|snapshots)/[^/]*/(?:contents|upload))/")
 
 
@@ -163,9 +166,9 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        if _CONTROL_RE.search(path):
             file_path = _FILE_PATH_RE.match(path)
-            if file_path and not any(ord(c) < 32 or ord(c) == 127 for c in file_path.group(1)):
+            if file_path and not _CONTROL_RE.search(file_path.group(1)):
                 # The object exists maybe, but the file path inside it is malformed.
                 response = error_response(400, ["path: control characters are not allowed in file paths."])
             else:

@@ -1,7 +1,15 @@
-"""The health loop: every pass lists the runtime ONCE, reads every pod of every tenant once, and reconciles each
-pod with :func:`openpods.domain.reconcile.decide`. Engine calls per pass therefore grow with the number of
-*changes* (removals, log captures), not with the number of pods. Container logs of running pods are refreshed
-by a separate, slower loop (and on demand by the API)."""
+"""The health loop: every pass lists the runtime ONCE and reconciles pods with
+:func:`openpods.domain.reconcile.decide`. Engine calls per pass therefore grow with the number of *changes*
+(removals, log captures), not with the number of pods. Container logs of running pods are refreshed by a
+separate, slower loop (and on demand by the API).
+
+Passes are incremental, and stay level-triggered: the loop keeps what it last read of every pod (the facts
+``decide`` needs, with the row's version: ``revision`` and ``creation_ts``) and what the previous list showed. A
+pass reads the version of every row (a covering-index scan), loads only rows whose version changed, decides only
+for pods whose row changed, whose container changed in the list, whose last decision was an action (until it
+has taken effect), or for which :func:`~openpods.domain.reconcile.recheck_at` says time alone may change the
+answer (a deadline, ``time_to_stop``). Every ``health_full_pass_every``-th pass reads and decides every pod,
+as every pass once did, so nothing can be missed for longer than that."""
 
 from __future__ import annotations
 
@@ -13,17 +21,19 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.domain import status as st
 from openpods.domain.container_spec import LABEL_INSTALLATION, container_name, legacy_container_name
-from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide
+from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide, recheck_at
 from openpods.runtimes.base import ContainerState, RuntimeFailure
 from openpods.services import pods as pod_svc
 from openpods.store import repo
@@ -46,13 +56,46 @@ class PassStats:
     engine_calls: int = 0
     changes: int = 0
     seconds: float = 0.0
+    loaded: int = 0  # pod rows read in full this pass
+    decided: int = 0  # pods for which decide() ran this pass
+    full: bool = False  # a full pass (every pod read and decided)
 
 
-def _facts(pod: Pod) -> PodFacts:
-    return PodFacts(status=pod.status, status_requested=pod.status_requested, status_since=pod.status_since,
-                    instance_id=pod.instance_id, start_instance_ts=pod.start_instance_ts,
-                    time_to_stop_default=pod.time_to_stop_default, time_to_stop_instance=pod.time_to_stop_instance,
-                    time_to_stop_ts=pod.time_to_stop_ts)
+@dataclass
+class _Known:
+    """What the loop last read of one pod row."""
+
+    tenant_id: str
+    pod_id: str
+    revision: int
+    created: datetime
+    facts: PodFacts
+    status_container: dict | None
+
+    @property
+    def version(self) -> tuple[int, datetime]:
+        return self.revision, self.created
+
+
+Key = tuple[str, str]
+# What the loop needs of a pod row (no definition columns, so no large JSON to decode).
+_FACT_COLUMNS = (Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts, Pod.status, Pod.status_requested,
+                 Pod.status_since, Pod.instance_id, Pod.start_instance_ts, Pod.time_to_stop_default,
+                 Pod.time_to_stop_instance, Pod.time_to_stop_ts, Pod.status_container)
+
+
+def _known_from_row(row: Any) -> _Known:
+    facts = PodFacts(status=row.status, status_requested=row.status_requested, status_since=row.status_since,
+                     instance_id=row.instance_id, start_instance_ts=row.start_instance_ts,
+                     time_to_stop_default=row.time_to_stop_default, time_to_stop_instance=row.time_to_stop_instance,
+                     time_to_stop_ts=row.time_to_stop_ts)
+    return _Known(row.tenant_id, row.pod_id, row.revision, row.creation_ts, facts, row.status_container)
+
+
+def _signature(c: ContainerState) -> tuple[Any, ...]:
+    """What ``decide`` reads of a listed container. Not the engine's status text: it holds a relative time
+    ("Up 3 minutes") that changes on every list, and decide reads it only with a state change or a deadline."""
+    return (c.name, c.state, c.instance_id, c.exit_code, c.started_at)
 
 
 def _container_facts(c: ContainerState) -> ContainerFacts:
@@ -68,6 +111,11 @@ class Health:
         self._reported: set[str] = set()
         self._next_network_prune = 0.0
         self._rename_failed: set[str] = set()
+        self._known: dict[Key, _Known] = {}  # every pod row, as last read
+        self._listed: dict[Key, tuple[Any, ...]] = {}  # the previous list, per pod
+        self._retry: set[Key] = set()  # pods whose last decision was an action: decide again next pass
+        self._due: dict[Key, datetime] = {}  # pods to decide again once this time has come (recheck_at)
+        self._passes = 0
 
     async def run(self) -> None:
         while True:
@@ -77,11 +125,12 @@ class Health:
                 log.exception("health pass failed; retrying")
             await self.ctx.bus.wait(HEALTH, self.ctx.settings.health_interval_sec)
 
-    async def pass_once(self) -> PassStats:
+    async def pass_once(self, *, full: bool | None = None) -> PassStats:
+        """One pass; ``full`` forces (True) or forbids (False) a full pass; by default every Nth pass is."""
         started = time.perf_counter()
         stats = PassStats()
         runtime = self.ctx.runtime
-        containers: dict[tuple[str, str], ContainerState] = {}
+        containers: dict[Key, ContainerState] = {}
         listed_at = self.clock()
         if runtime is not None:
             try:
@@ -97,37 +146,66 @@ class Health:
                     c = await self._adopt_legacy_name(c, stats)
                     containers[(c.tenant_id, c.pod_id)] = c
             stats.containers = len(listed)
+        if full is None:
+            full = self._passes % self.ctx.settings.health_full_pass_every == 0
+        self._passes += 1
+        stats.full = full
         # Pods are read after the list call: a container listed above whose pod row is gone is an orphan.
-        pods = await asyncio.to_thread(self._load_pods)
+        changed = await asyncio.to_thread(self._refresh, full)
+        stats.loaded = len(changed)
         await asyncio.to_thread(self._report_unexpected_storage)
-        stats.pods = len(pods)
-        known = {(p.tenant_id, p.pod_id) for p in pods}
+        stats.pods = len(self._known)
         for key, c in containers.items():
-            if key not in known:
+            if key not in self._known:
                 await self._remove(c.name, stats)
                 ORPHANS.inc()
                 log.info("removed orphan container %s", c.name)
         now = self.clock()
+        listing = {key: _signature(c) for key, c in containers.items()}
+        if full:
+            todo: set[Key] = set(self._known)
+        else:
+            todo = changed | self._retry
+            todo |= {k for k in listing.keys() | self._listed.keys() if listing.get(k) != self._listed.get(k)}
+            todo |= {k for k, at in self._due.items() if at <= now}
+        self._listed = listing
+        self._retry = set()
         deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
         problem = self.ctx.runtime_problem if runtime is None else ""
-        for pod in pods:
-            container = containers.get((pod.tenant_id, pod.pod_id))
-            if runtime is None and pod.status not in (st.REQUESTED, st.STOPPED):
+        writes: list[tuple[str, str, tuple[int, datetime], Decision]] = []
+        for key in sorted(todo):
+            known = self._known.get(key)
+            if known is None:
+                continue  # deleted (its container, if any, was an orphan above)
+            self._due.pop(key, None)
+            if runtime is None and known.facts.status not in (st.REQUESTED, st.STOPPED):
                 continue  # without an engine, nothing can be observed: never conclude a container is gone
-            facts = _facts(pod)
+            stats.decided += 1
+            container = containers.get(key)
             cfacts = _container_facts(container) if container else None
-            decision = decide(facts, cfacts, now=now, listed_at=listed_at, deadline=deadline,
+            decision = decide(known.facts, cfacts, now=now, listed_at=listed_at, deadline=deadline,
                               runtime_problem=problem)
             if runtime is None:
                 decision.remove_container = False
-            if decision.is_noop() or (decision.status_container == pod.status_container and
+            if decision.is_noop() or (decision.status_container == known.status_container and
                                       decision == Decision(status_container=decision.status_container)):
+                at = recheck_at(known.facts, listed_at=listed_at, now=now, deadline=deadline)
+                if at is not None:
+                    self._due[key] = at
                 continue
             stats.changes += 1
-            await self._apply(pod, container, decision, stats)
+            self._retry.add(key)  # until a pass decides "nothing to do" for it
+            writes.append(await self._apply(known, container, decision, stats))
+        # One transaction for the pass's writes (a commit per pod cost more than the rest of the pass); each
+        # write still checks that the row is the one decided on. Wake-ups only once it is committed.
+        if writes:
+            await asyncio.to_thread(self._write_many, writes)
+        for tenant_id, pod_id, _, d in writes:
+            if d.wake_spawner:
+                self.ctx.bus.publish(Wakeup(SPAWNER, tenant_id, pod_id))
         if runtime is not None and time.monotonic() >= self._next_network_prune:
             self._next_network_prune = time.monotonic() + NETWORK_PRUNE_INTERVAL_SEC
-            await self._prune_networks(pods, containers, stats)
+            await self._prune_networks(containers, stats)
             await asyncio.to_thread(self._sweep_pins)
         stats.seconds = time.perf_counter() - started
         PASS_SECONDS.observe(stats.seconds)
@@ -156,16 +234,15 @@ class Health:
         log.info("renamed container %s to %s (installation id added to the name)", c.name, new)
         return dataclasses.replace(c, name=new)
 
-    async def _prune_networks(self, pods: list[Pod], containers: dict[tuple[str, str], ContainerState],
-                              stats: PassStats) -> None:
+    async def _prune_networks(self, containers: dict[tuple[str, str], ContainerState], stats: PassStats) -> None:
         """Remove private pod networks left without a container (a crash between making the network and the
         container, or a pod deleted meanwhile). Pods the spawner may be working on keep theirs."""
         inst = self.ctx.installation_id
         keep = {c.name for c in containers.values()}
-        for pod in pods:
-            if pod.status in (st.REQUESTED, st.SPAWNER_SETUP, st.CREATING):
+        for known in list(self._known.values()):
+            if known.facts.status in (st.REQUESTED, st.SPAWNER_SETUP, st.CREATING):
                 with contextlib.suppress(ValueError):
-                    keep.add(container_name(pod.tenant_id, pod.pod_id, inst))
+                    keep.add(container_name(known.tenant_id, known.pod_id, inst))
         try:
             removed = await self.ctx.runtime.prune_networks(inst, keep)
         except RuntimeFailure as exc:
@@ -189,6 +266,28 @@ class Health:
         if removed:
             log.info("removed %d stale volume pin(s) of a process that died", removed)
 
+    def _refresh(self, full: bool) -> set[Key]:
+        """Bring ``_known`` up to date with the pods table; returns the keys of the rows read in full (new or
+        changed rows; every row in a full pass)."""
+        with self.ctx.sessions() as s:
+            if full:
+                rows = s.execute(select(*_FACT_COLUMNS)).all()
+                self._known = {(r.tenant_id, r.pod_id): _known_from_row(r) for r in rows}
+                self._due = {k: v for k, v in self._due.items() if k in self._known}
+                return set(self._known)
+            # A row's version: its revision and creation_ts (a pod deleted and made again starts over).
+            versions = {(t, p): (r, c) for t, p, r, c in
+                        s.execute(select(Pod.tenant_id, Pod.pod_id, Pod.revision, Pod.creation_ts))}
+            for key in self._known.keys() - versions.keys():
+                del self._known[key]
+                self._due.pop(key, None)
+            changed = [k for k, v in versions.items() if k not in self._known or self._known[k].version != v]
+            for i in range(0, len(changed), 500):
+                batch = changed[i:i + 500]
+                for row in s.execute(select(*_FACT_COLUMNS).where(tuple_(Pod.tenant_id, Pod.pod_id).in_(batch))):
+                    self._known[(row.tenant_id, row.pod_id)] = _known_from_row(row)
+            return set(changed)
+
     def _report_unexpected_storage(self) -> None:
         """Directories with no volume or snapshot row are reported (once each), never deleted: a database
         glitch must not cost anyone their data."""
@@ -211,10 +310,6 @@ class Health:
                     self._reported.add(path)
                     UNEXPECTED.inc()
                     log.warning("storage directory without a database row (kept, not deleted): %s", path)
-
-    def _load_pods(self) -> list[Pod]:
-        with self.ctx.sessions() as s:
-            return list(s.scalars(select(Pod)))
 
     async def _remove(self, name: str, stats: PassStats) -> bool:
         assert self.ctx.runtime is not None
@@ -242,16 +337,18 @@ class Health:
             ENGINE_CALLS.labels("logs").inc()
         await asyncio.to_thread(store_logs, self.ctx, tenant_id, pod_id, instance_id, text)
 
-    async def _apply(self, pod: Pod, container: ContainerState | None, d: Decision, stats: PassStats) -> None:
+    async def _apply(self, pod: _Known, container: ContainerState | None, d: Decision,
+                     stats: PassStats) -> tuple[str, str, tuple[int, datetime], Decision]:
+        """The engine part of a decision (logs, removal); returns the database write still to make."""
         if d.capture_logs and container is not None:
-            await self.capture_logs(pod.tenant_id, pod.pod_id, container.instance_id or pod.instance_id, stats)
+            await self.capture_logs(pod.tenant_id, pod.pod_id, container.instance_id or pod.facts.instance_id, stats)
         if d.remove_container and container is not None:
             removed = await self._remove(container.name, stats)
             if not removed:
                 d.remove_container = False
             elif not d.status or d.status == st.DELETING:
                 # Gone now: decide again as if listed without it, to finish in this pass.
-                facts = _facts(pod)
+                facts = pod.facts
                 if d.status:
                     facts = PodFacts(**{**facts.__dict__, "status": d.status})
                 follow = decide(facts, None, now=self.clock(), listed_at=self.clock(),
@@ -259,40 +356,53 @@ class Health:
                 if d.log and follow.log:
                     follow.log = f"{d.log}; {follow.log}"
                 d = follow if not follow.is_noop() else d
-        await asyncio.to_thread(self._write, pod.tenant_id, pod.pod_id, pod.revision, d)
-        if d.wake_spawner:
-            self.ctx.bus.publish(Wakeup(SPAWNER, pod.tenant_id, pod.pod_id))
+        return pod.tenant_id, pod.pod_id, pod.version, d
 
-    def _write(self, tenant_id: str, pod_id: str, revision: int, d: Decision) -> None:
+    def _write_many(self, writes: list[tuple[str, str, tuple[int, datetime], Decision]]) -> None:
+        for i in range(0, len(writes), 200):
+            batch = writes[i:i + 200]
+            try:
+                with transaction(self.ctx.sessions) as s:
+                    for tenant_id, pod_id, version, d in batch:
+                        self._write_one(s, tenant_id, pod_id, version, d)
+            except StaleDataError:  # one row changed under us: write the others one by one
+                for item in batch:
+                    self._write(*item)
+
+    def _write(self, tenant_id: str, pod_id: str, version: tuple[int, datetime], d: Decision) -> None:
         try:
             with transaction(self.ctx.sessions) as s:
-                pod = s.get(Pod, (tenant_id, pod_id))
-                if pod is None or pod.revision != revision:
-                    return  # changed since we looked; the next pass decides again
-                now = repo.utcnow()
-                if d.status and d.status != pod.status:
-                    pod.status = d.status
-                    pod.status_since = now
-                if d.status_requested:
-                    pod.status_requested = d.status_requested
-                if d.clear_instance:
-                    pod.start_instance_ts = None
-                    pod.time_to_stop_ts = None
-                    pod.time_to_stop_instance = None
-                    pod.status_container = {}
-                    pod.host_ports = {}
-                if d.new_instance:
-                    pod.instance_id = uuid.uuid4().hex[:12]
-                if d.status_container is not None:
-                    pod.status_container = d.status_container
-                if d.start_instance_ts is not None:
-                    pod.start_instance_ts = d.start_instance_ts
-                if d.time_to_stop_ts is not False:
-                    pod.time_to_stop_ts = d.time_to_stop_ts  # type: ignore[assignment]
-                if d.log:
-                    repo.add_action_log(s, "pod", tenant_id, pod_id, "health", d.log)
+                self._write_one(s, tenant_id, pod_id, version, d)
         except StaleDataError:
-            return
+            return  # changed concurrently; the next pass decides again
+
+    @staticmethod
+    def _write_one(s: Session, tenant_id: str, pod_id: str, version: tuple[int, datetime], d: Decision) -> None:
+        pod = s.get(Pod, (tenant_id, pod_id))
+        if pod is None or (pod.revision, pod.creation_ts) != version:
+            return  # changed since we looked; the next pass decides again
+        now = repo.utcnow()
+        if d.status and d.status != pod.status:
+            pod.status = d.status
+            pod.status_since = now
+        if d.status_requested:
+            pod.status_requested = d.status_requested
+        if d.clear_instance:
+            pod.start_instance_ts = None
+            pod.time_to_stop_ts = None
+            pod.time_to_stop_instance = None
+            pod.status_container = {}
+            pod.host_ports = {}
+        if d.new_instance:
+            pod.instance_id = uuid.uuid4().hex[:12]
+        if d.status_container is not None:
+            pod.status_container = d.status_container
+        if d.start_instance_ts is not None:
+            pod.start_instance_ts = d.start_instance_ts
+        if d.time_to_stop_ts is not False:
+            pod.time_to_stop_ts = d.time_to_stop_ts  # type: ignore[assignment]
+        if d.log:
+            repo.add_action_log(s, "pod", tenant_id, pod_id, "health", d.log)
 
 
 def store_logs(ctx: AppContext, tenant_id: str, pod_id: str, instance_id: str, text: str) -> None:

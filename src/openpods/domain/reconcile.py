@@ -197,3 +197,20 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
         d.wake_spawner = True
         d.log = f"health re-requested pod: container stayed '{container.state}' ({container.message})"
     return d
+
+
+def recheck_at(pod: PodFacts, *, listed_at: datetime, now: datetime, deadline: timedelta) -> datetime | None:
+    """When :func:`decide` may answer differently for the same pod facts and the same container observation
+    merely because time passed (the health loop skips a pod whose inputs did not change until then):
+
+    - the pod's status was set after this pass's list call: the next list settles it (→ ``now``);
+    - its transitional deadline (``status_since + deadline``) has not passed yet;
+    - its ``time_to_stop_ts`` has not passed yet.
+
+    None: never (until the pod row or its container changes). Times already past are not returned, since the
+    rules that depend on them answer the same from then on (a time equal to ``now`` is returned: the deadline
+    rule flips only once ``now`` is past it)."""
+    if pod.status_since > listed_at:
+        return now
+    future = [t for t in (pod.status_since + deadline, pod.time_to_stop_ts) if t is not None and t >= now]
+    return min(future) if future else None

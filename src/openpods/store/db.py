@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.pool import QueuePool
 
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -25,7 +26,12 @@ _MIGRATION_LOCK_ID = 0x0DE9_0D5
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # Pooled: a request reuses an open connection (opening one and setting the pragmas costs more than a
+        # small query). Sized for the API's thread pool (40 threads) so overflow connections, which are closed
+        # on return, stay rare.
+        memory = url in ("sqlite://", "sqlite:///") or ":memory:" in url  # one connection is the database
+        pool: dict[str, Any] = {} if memory else {"poolclass": QueuePool, "pool_size": 20, "max_overflow": 20}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -59,10 +59,16 @@ class Pod(Base):
     start_instance_ts: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     creation_ts: Mapped[datetime]
     update_ts: Mapped[datetime]
-    # Bumped on every write: optimistic concurrency between API and controllers.
+    # Bumped on every write: optimistic concurrency between API and controllers. Rendered pod views are cached
+    # by it (api.rawjson) and the health loop re-reads rows by it: a Core UPDATE of a pod column must bump it.
     revision: Mapped[int] = mapped_column(Integer, default=1)
 
-    __table_args__ = (Index("ix_pods_status", "status"),)
+    __table_args__ = (
+        Index("ix_pods_status", "status"),
+        # Covering: list_pods' signature and the health loop's revision scan read only the index. A row's
+        # version is (revision, creation_ts): a pod deleted and made again starts its revisions over.
+        Index("ix_pods_revision", "tenant_id", "pod_id", "revision", "creation_ts"),
+    )
     __mapper_args__ = {"version_id_col": revision}
 
 

@@ -73,6 +73,8 @@ def logout(ctx: Ctx, caller: Caller, all_tokens: Annotated[bool, Query(alias="al
             revoke_token(s, caller.jti, caller.expires_at)
         else:
             raise BadRequest(["all: this token has no id (jti) to revoke alone; use ?all=true."])
+    # This process forgets the user's verified tokens now; other processes within token_cache_sec.
+    ctx.token_cache.forget(caller.tenant_id, caller.username)
     return ok(None, "All tokens of the user revoked." if all_tokens else "Token revoked.")
 
 
@@ -103,6 +105,7 @@ def change_password(ctx: Ctx, request: Request, caller: Caller, body: PasswordCh
         assert user is not None
         user.password_hash = hash_password(body.new_password)
         revoke_user_tokens(s, caller.tenant_id, caller.username)
+    ctx.token_cache.forget(caller.tenant_id, caller.username)
     access = ctx.tokens.issue(caller.tenant_id, caller.username)
     return ok({"access_token": access}, "Password changed; all earlier tokens are revoked.")
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
-from sqlalchemy import select
+from fastapi import APIRouter, Request
+from sqlalchemy import String, and_, bindparam, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
-from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
 
 from openpods.api import permissions_common as perms
+from openpods.api import rawjson
 from openpods.api.context import AppContext
-from openpods.api.deps import Caller, Ctx, check_level
+from openpods.api.deps import Caller, Ctx, check_level, check_own_grant, get_identity
 from openpods.api.envelope import BadRequest, Conflict, no_change, ok
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
@@ -36,7 +38,8 @@ from openpods.services.images import check_image_allowed
 from openpods.services.mounts import check_mount_access
 from openpods.store import repo
 from openpods.store.db import retry_on_integrity_error, retry_on_stale_data, transaction
-from openpods.store.tables import Pod, PodLog, PodSecret
+from openpods.store.fastread import FastReads
+from openpods.store.tables import Permission, Pod, PodLog, PodSecret
 
 router = APIRouter(prefix="/v3/pods", tags=["pods"])
 RESTART_NOTE = "Changes take effect when the pod is (re)started: use restart_pod."
@@ -46,11 +49,22 @@ def _pod_exists(pod_id: str, tenant_id: str):
     return lambda s: s.get(Pod, (tenant_id, pod_id)) is not None
 
 
+# Built once: constructing the statement cost more than running it. The pod joined with the caller's own grant.
+_POD_WITH_GRANT = (
+    select(Pod, Permission.level)
+    .outerjoin(Permission, and_(Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id,
+                                Permission.object_id == Pod.pod_id, Permission.username == bindparam("username")))
+    .where(Pod.tenant_id == bindparam("tenant_id"), Pod.pod_id == bindparam("pod_id"))
+)
+
+
 def load_pod(s: Session, caller: Identity, pod_id: str, needed: Level) -> Pod:
-    pod = s.get(Pod, (caller.tenant_id, pod_id))
-    check_level(s, caller, "pod", pod_id, needed, exists=pod is not None)
-    assert pod is not None
-    return pod
+    """The pod, if the caller holds ``needed`` on it (else 404/403 as :func:`check_level`), in one query."""
+    row = s.execute(_POD_WITH_GRANT, {"username": caller.username, "tenant_id": caller.tenant_id,
+                                      "pod_id": pod_id}).first()
+    check_own_grant(caller, "pod", pod_id, needed, exists=row is not None, grant=row[1] if row else None)
+    assert row is not None
+    return row[0]
 
 
 def set_status(s: Session, pod: Pod, status: str, actor: str, message: str | None = None) -> None:
@@ -92,15 +106,76 @@ def _retrying(fn):
     return retry_on_stale_data(fn)
 
 
+_VIEW_ATTRS = [getattr(Pod, name) for name in pod_svc.POD_VIEW_FIELDS]
+_render_view = rawjson.RowRenderer(_VIEW_ATTRS, pod_svc.pod_view)
+# A pod row's version: its revision (bumped on every ORM write) and creation_ts (a pod deleted and made again
+# starts its revisions over). (pod_id, revision, creation_ts) of every pod of the tenant, or of those the
+# caller holds a grant on (any level >= READ).
+_LIST_ALL = (select(Pod.pod_id, Pod.revision, Pod.creation_ts).where(Pod.tenant_id == bindparam("tenant_id"))
+             .order_by(Pod.pod_id))
+_LIST_GRANTED = _LIST_ALL.join(Permission, and_(
+    Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id, Permission.object_id == Pod.pod_id,
+    Permission.username == bindparam("username")))
+_VIEW_ROWS = (select(Pod.pod_id, Pod.revision, Pod.creation_ts, *rawjson.raw_json_columns(_VIEW_ATTRS))
+              .where(Pod.tenant_id == bindparam("tenant_id"), Pod.pod_id.in_(bindparam("ids", expanding=True))))
+# The listed pods' ids and versions, aggregated (in one scan, so in one order) by the database: when they equal
+# those a cached list was rendered for, nothing in that list changed and the cached body is the answer.
+_SIG_ALL = (select(func.aggregate_strings(Pod.pod_id, ","), func.aggregate_strings(cast(Pod.revision, String), ","),
+                   func.aggregate_strings(cast(Pod.creation_ts, String), ","))
+            .where(Pod.tenant_id == bindparam("tenant_id")))
+_SIG_GRANTED = _SIG_ALL.join(Permission, and_(
+    Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id, Permission.object_id == Pod.pod_id,
+    Permission.username == bindparam("username")))
+
+
 @router.get("", operation_id="list_pods", summary="list_pods")
-def list_pods(ctx: Ctx, caller: Caller) -> JSONResponse:
-    with transaction(ctx.sessions) as s:
-        query = select(Pod).where(Pod.tenant_id == caller.tenant_id).order_by(Pod.pod_id)
-        if not caller.is_admin:
-            ids = repo.readable_ids(s, "pod", caller.tenant_id, [caller.username])
-            query = query.where(Pod.pod_id.in_(ids))
-        pods = [pod_svc.pod_view(p) for p in s.scalars(query)]
-    return ok(pods, "Pods retrieved successfully.")
+async def list_pods(request: Request) -> Response:
+    """One aggregate query answers an unchanged list from the cache (on SQLite on the event loop, as get_pod's
+    read: an index-only scan). Otherwise, in the thread pool: (pod_id, version) of the listed pods, and only pods
+    changed since this process last rendered them are read in full and rendered (see api.rawjson)."""
+    ctx: AppContext = request.app.state.ctx
+    caller = await get_identity(request)
+    if ctx.engine.dialect.name == "sqlite":
+        signature = _list_signature(ctx, caller)
+    else:
+        signature = await run_in_threadpool(_list_signature, ctx, caller)
+    body = ctx.pod_views.get_list(_list_scope(caller), signature)
+    if body is not None:
+        return Response(body, media_type="application/json")
+    return await run_in_threadpool(_list_pods, ctx, caller, signature)
+
+
+def _list_scope(caller: Identity) -> tuple[str, str]:
+    return caller.tenant_id, "" if caller.is_admin else caller.username
+
+
+def _list_signature(ctx: AppContext, caller: Identity) -> str:
+    params = {"tenant_id": caller.tenant_id, "username": caller.username}
+    with ctx.engine.connect() as conn:
+        parts = conn.execute(_SIG_ALL if caller.is_admin else _SIG_GRANTED, params).one()
+    return "\n".join(part or "" for part in parts)
+
+
+def _list_pods(ctx: AppContext, caller: Identity, signature: str) -> Response:
+    views, tenant_id = ctx.pod_views, caller.tenant_id
+    params = {"tenant_id": tenant_id, "username": caller.username}
+    with ctx.engine.connect() as conn:
+        listed = [(pod_id, (revision, created)) for pod_id, revision, created in
+                  conn.execute(_LIST_ALL if caller.is_admin else _LIST_GRANTED, params)]
+        rendered = views.get_many(tenant_id, listed)
+        missing = [pod_id for pod_id, _ in listed if pod_id not in rendered]
+        for i in range(0, len(missing), 500):
+            for pod_id, revision, created, *values in conn.execute(_VIEW_ROWS,
+                                                                    {**params, "ids": missing[i:i + 500]}):
+                rendered[pod_id] = _render_view(values)
+                views.put(tenant_id, pod_id, (revision, created), rendered[pod_id])
+    if caller.is_admin:
+        views.keep_only(tenant_id, rendered.keys())
+    # A pod deleted between the reads is left out. Everything read after the signature is at least as new, so
+    # the body may only be newer than its signature, never older: a later change still changes the signature.
+    response = rawjson.ok_fragments([rendered[p] for p, _ in listed if p in rendered], "Pods retrieved successfully.")
+    views.put_list(_list_scope(caller), signature, bytes(response.body))
+    return response
 
 
 @router.post("", operation_id="create_pod", summary="create_pod")
@@ -160,11 +235,42 @@ def _create_pod(ctx: AppContext, caller: Identity, body: NewPod) -> JSONResponse
     return ok(view, "Pod created successfully.")
 
 
+# One query: the pod's view columns (JSON as stored), its version and the caller's own grant.
+_GET_VIEW = (
+    select(Pod.revision, Pod.creation_ts, Permission.level, *rawjson.raw_json_columns(_VIEW_ATTRS))
+    .outerjoin(Permission, and_(Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id,
+                                Permission.object_id == Pod.pod_id, Permission.username == bindparam("username")))
+    .where(Pod.tenant_id == bindparam("tenant_id"), Pod.pod_id == bindparam("pod_id"))
+)
+
+
+_GET_VIEW_READ = FastReads(_GET_VIEW)
+
+
 @router.get("/{pod_id}", operation_id="get_pod", summary="get_pod")
-def get_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
-    with transaction(ctx.sessions) as s:
-        pod = load_pod(s, caller, pod_id, Level.READ)
-        return ok(pod_svc.pod_view(pod), "Pod retrieved successfully.")
+async def get_pod(request: Request, pod_id: str) -> Response:
+    # The hottest endpoint: the context and caller without FastAPI dependencies (solving them cost more than
+    # the query). One primary-key read; on SQLite (a local file in WAL mode, where readers never wait for
+    # writers) on the event loop, since the hop to the thread pool costs more than the read; otherwise in the
+    # thread pool.
+    ctx: AppContext = request.app.state.ctx
+    caller = await get_identity(request)
+    if ctx.engine.dialect.name == "sqlite":
+        return _get_pod(ctx, caller, pod_id)
+    return await run_in_threadpool(_get_pod, ctx, caller, pod_id)
+
+
+def _get_pod(ctx: AppContext, caller: Identity, pod_id: str) -> Response:
+    row = _GET_VIEW_READ.first(ctx.engine, {"username": caller.username, "tenant_id": caller.tenant_id,
+                                            "pod_id": pod_id})
+    check_own_grant(caller, "pod", pod_id, Level.READ, exists=row is not None, grant=row[2] if row else None)
+    assert row is not None
+    revision, created, _, *values = row
+    rendered = ctx.pod_views.get(caller.tenant_id, pod_id, (revision, created))
+    if rendered is None:
+        rendered = _render_view(values)
+        ctx.pod_views.put(caller.tenant_id, pod_id, (revision, created), rendered)
+    return rawjson.ok_fragment(rendered, "Pod retrieved successfully.")
 
 
 @router.put("/{pod_id}", operation_id="update_pod", summary="update_pod")
