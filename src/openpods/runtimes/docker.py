@@ -24,14 +24,18 @@ import asyncio
 import base64
 import contextlib
 import functools
+import hashlib
 import json
+import logging
 import math
 import os
 import posixpath
 import re
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import tarfile
 import threading
 import time
@@ -74,6 +78,7 @@ from openpods.runtimes.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _STATE_MAP: dict[str, ContainerStatus] = {
     "created": "created",
@@ -412,6 +417,47 @@ def translate_error(exc: BaseException, what: str) -> BaseException:
 # ------------------------------------------------------------------------------------------------ the runtime
 
 
+#: Prefix of the bridges of pods' private networks (Linux interface names have at most 15 characters).
+POD_BRIDGE_PREFIX = "opb"
+_isolation_rule_lock = threading.Lock()
+_isolation_rule_ok = False
+
+
+def pod_bridge_name(network_name: str) -> str:
+    """The bridge interface of a pod's private network: the prefix and 12 hex digits of its name's hash."""
+    return POD_BRIDGE_PREFIX + hashlib.sha256(network_name.encode()).hexdigest()[:12]
+
+
+def ensure_bridge_isolation_rule() -> bool:
+    """Make sure the host drops traffic forwarded from one pod bridge to another (IPv4 and, where present, IPv6):
+    ``FORWARD -i opb+ -o opb+ -j DROP``, first in the chain. Idempotent; needs root and iptables on the host of
+    a local engine. Traffic within one bridge is not forwarded, so a pod still reaches itself; the host
+    (Traefik, through the published ports) and the outside world are not affected. Returns whether the rule is
+    in place (a failure is logged once and leaves isolation to the engine)."""
+    global _isolation_rule_ok
+    with _isolation_rule_lock:
+        if _isolation_rule_ok:
+            return True
+        rule = ["FORWARD", "-i", f"{POD_BRIDGE_PREFIX}+", "-o", f"{POD_BRIDGE_PREFIX}+", "-j", "DROP"]
+        ok = False
+        for tool in ("iptables", "ip6tables"):
+            exe = shutil.which(tool)
+            if exe is None:
+                continue
+            try:
+                present = subprocess.run([exe, "-w", "-C", *rule], capture_output=True, timeout=30).returncode == 0
+                if not present:
+                    subprocess.run([exe, "-w", "-I", *rule[:1], "1", *rule[1:]], capture_output=True, timeout=30,
+                                   check=True)
+                ok = ok or tool == "iptables"
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("could not install the pod bridge isolation rule with %s: %s", tool, exc)
+        if not ok:
+            log.warning("pods' private networks rely on the engine alone to keep them apart (no iptables rule)")
+        _isolation_rule_ok = ok
+        return ok
+
+
 class DockerRuntime(Runtime):
     """:class:`Runtime` over the Docker Engine API (Docker, or Podman's compatible service).
 
@@ -588,8 +634,14 @@ class DockerRuntime(Runtime):
             return
         try:
             # Docker keeps user bridges apart by default (DOCKER-ISOLATION chains); Podman's netavark routes
-            # between bridges unless each is made with isolate=true.
-            options = {"isolate": "true"} if self._is_podman else None
+            # between bridges unless each is made with isolate=true, and netavark 1.4 (Debian 12) drops its
+            # FORWARD jump to the isolation chains when any isolated network is removed. So pod bridges get a
+            # name with our prefix and one rule of our own drops forwarding between any two of them.
+            options = None
+            if self._is_podman:
+                options = {"isolate": "true", "com.docker.network.bridge.name": pod_bridge_name(spec.name)}
+                if self._local_engine:
+                    ensure_bridge_isolation_rule()
             api.create_network(spec.name, driver="bridge", labels=self._network_labels(spec), options=options,
                                check_duplicate=True)
         except docker.errors.APIError as exc:
