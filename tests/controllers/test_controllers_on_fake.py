@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from openpods.api.app import create_app
-from openpods.api.context import AppContext
 from openpods.bootstrap import build_context, ensure_admin
 from openpods.config import Settings
+from openpods.context import AppContext
 from openpods.controllers.health import Health
 from openpods.controllers.runner import setup_storage
 from openpods.controllers.spawner import Spawner

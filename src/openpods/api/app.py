@@ -6,7 +6,6 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from openpods import __version__
-from openpods.api.context import AppContext
 from openpods.api.envelope import GuardMiddleware, install_error_handlers
 from openpods.api.routers import (
     auth,
@@ -20,6 +19,7 @@ from openpods.api.routers import (
     templates,
     volumes,
 )
+from openpods.context import AppContext
 
 
 def create_app(ctx: AppContext) -> FastAPI:

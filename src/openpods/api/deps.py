@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from openpods.api.context import AppContext
 from openpods.api.envelope import Forbidden, NotFound, Unauthorized
 from openpods.auth.revocation import is_revoked
 from openpods.auth.tokens import AuthError, Identity
+from openpods.context import AppContext
 from openpods.domain.permissions import Level, effective_level
 from openpods.store import repo
 from openpods.store.db import transaction

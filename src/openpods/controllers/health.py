@@ -19,8 +19,8 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
-from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
+from openpods.context import AppContext
 from openpods.domain import status as st
 from openpods.domain.container_spec import LABEL_INSTALLATION, container_name, legacy_container_name
 from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide

@@ -14,8 +14,8 @@ from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
-from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
+from openpods.context import AppContext
 from openpods.domain import status as st
 from openpods.domain.container_spec import ContainerSpec
 from openpods.runtimes.base import RuntimeErrorPermanent, RuntimeFailure

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from openpods.api.context import AppContext
+from openpods.context import AppContext
 from openpods.domain.container_spec import (
     ContainerSpec,
     MountSpec,

@@ -13,11 +13,11 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
-from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, no_change, ok
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
+from openpods.context import AppContext
 from openpods.domain import status as st
 from openpods.domain import templates as tpl_domain
 from openpods.domain.models import NewPod, NewTemplateTagFromPod, SetPermission, UpdatePod
