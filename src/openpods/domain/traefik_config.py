@@ -65,6 +65,7 @@ __all__ = [
     "pod_id_net",
     "render_dynamic_config",
     "resource_name",
+    "stanza_problems",
     "valid_hostname",
 ]
 
@@ -511,6 +512,14 @@ def _validate_stanza(raw: Any, problems: list[str]) -> _Stanza | None:
         cors_credentials,
         cors_max_age,
     )
+
+
+def stanza_problems(raw: Any) -> list[str]:
+    """Every reason the renderer would skip this stanza; ``[]``: it gets its route. The API's networking model
+    refuses exactly these, so a stanza the API accepts is never dropped here."""
+    problems: list[str] = []
+    _validate_stanza(raw, problems)
+    return problems
 
 
 # --- rendering ---------------------------------------------------------------------------------------------
