@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from openpods.context import AppContext
@@ -96,6 +97,10 @@ def build_spec(
         check_image_allowed(s, ctx.settings, pod.tenant_id, derived.get("image") or "", ctx=ctx)
     except DomainError as exc:
         raise SpawnRefused(exc.text) from None
+    except ValidationError as exc:  # the merged definition breaks a rule its parts kept (e.g. tcp + cors)
+        raise SpawnRefused("; ".join(
+            f"{', '.join(str(p) for p in err['loc'])}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors())) from None
     secrets = pod_svc.pod_secrets(s, ctx.secrets, pod.tenant_id, pod.pod_id)
     env = pod_svc.substitute_secrets(dict(derived.get("environment_variables") or {}), secrets)
     try:
