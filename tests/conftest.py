@@ -67,9 +67,9 @@ from sqlalchemy import func, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
-from openpods.api.context import AppContext
 from openpods.bootstrap import build_context
 from openpods.config import Settings, TenantSettings
+from openpods.context import AppContext
 from openpods.server import serve_async
 from openpods.store import repo
 from openpods.store.tables import Image, User

@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 
-from openpods.api.context import AppContext
 from openpods.auth.token_cache import VerifiedTokenCache
 from openpods.auth.tokens import (
     SecretBox,
@@ -18,6 +17,7 @@ from openpods.auth.tokens import (
 from openpods.bus.base import Bus
 from openpods.bus.memory import MemoryBus
 from openpods.config import Settings
+from openpods.context import AppContext
 from openpods.store import db, repo
 from openpods.store.tables import User
 

@@ -442,7 +442,9 @@ _UNIT_RULES: tuple[tuple[str, str], ...] = (
     (r"^cpu_", "millicpu (1000 = 1 CPU)"),
     (r"^mem_", "MiB"),
     (r"_port$", "TCP port number"),
-    (r"_max$|_stanzas$", "count"),
+    (r"_max$|_stanzas$|_failures$|_every$", "count"),
+    (r"_lines$", "lines"),
+    (r"_as_user$", "numeric user id (uid)"),
 )
 
 

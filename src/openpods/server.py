@@ -11,9 +11,9 @@ from collections.abc import Iterable
 import uvicorn
 
 from openpods.api.app import create_app
-from openpods.api.context import AppContext
 from openpods.bootstrap import build_context, ensure_admin, ensure_starter_catalog
 from openpods.config import Settings
+from openpods.context import AppContext
 
 log = logging.getLogger(__name__)
 

@@ -137,6 +137,16 @@ CREATE_CASES: list[tuple[str, dict[str, Any], str]] = [
         {"networking": stanza(tapis_auth_response_headers={"X-A": "a\r\nB: c"})},
         "tapis_auth_response_headers",
     ),
+    # what the proxy could not route is refused here (once it was accepted, then dropped at render time)
+    ("cors-origin-without-scheme", {"networking": stanza(cors_allow_origins=["example.org"])}, "cors_allow_origins"),
+    ("cors-origin-with-path", {"networking": stanza(cors_allow_origins=["https://a.org/x"])}, "cors_allow_origins"),
+    ("cors-method-not-a-token", {"networking": stanza(cors_allow_methods=["GET,POST"])}, "cors_allow_methods"),
+    (
+        "response-header-host",
+        {"networking": stanza(tapis_auth=True, tapis_auth_response_headers={"Host": "evil"})},
+        "tapis_auth_response_headers",
+    ),
+    ("ip-allow-zone-id", {"networking": stanza(ip_allow_list=["fe80::1%eth0"])}, "ip_allow_list"),
     # resources
     ("cpu-100", {"resources": {"cpu_request": 100}}, "cpu_request"),
     ("cpu-7000", {"resources": {"cpu_limit": 7000}}, "cpu_limit"),
@@ -278,6 +288,11 @@ VALID_EDGES: list[tuple[str, dict[str, Any]]] = [
     ("status_requested-OFF", {"status_requested": "OFF"}),
     ("status_requested-RESTART", {"status_requested": "RESTART"}),
     ("command-null", {"command": None, "arguments": None}),
+    (
+        "cors-origins-browsers-send",
+        {"networking": stanza(cors_allow_origins=["https://ui.example.org", "http://localhost:3000", "*",
+                                                  "https://[::1]:8443"])},
+    ),
 ]
 
 
@@ -354,6 +369,7 @@ UPDATE_CASES: list[tuple[str, dict[str, Any], str]] = [
         "volume_mounts",
     ),
     ("several-one-bad", {"description": "fine", "networking": stanza(port=9)}, "port"),
+    ("cors-origin-without-scheme", {"networking": stanza(cors_allow_origins=["example.org"])}, "cors_allow_origins"),
 ]
 
 

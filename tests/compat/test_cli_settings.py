@@ -77,7 +77,7 @@ def test_every_option_reaches_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_option_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("openpods.server.run", lambda settings, roles: None)
-    bad_choice = CliRunner().invoke(cli.app, ["api", "--runtime", "kubernetes"], env=WIDE)
+    bad_choice = CliRunner().invoke(cli.app, ["api", "--runtime", "lxc"], env=WIDE)
     assert bad_choice.exit_code == 2
     bad_json = CliRunner().invoke(cli.app, ["health", "--tenants", "not json"], env=WIDE)
     assert bad_json.exit_code != 0

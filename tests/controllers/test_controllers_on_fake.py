@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from openpods.api.app import create_app
-from openpods.api.context import AppContext
 from openpods.bootstrap import build_context, ensure_admin
 from openpods.config import Settings
+from openpods.context import AppContext
 from openpods.controllers.health import Health
 from openpods.controllers.runner import setup_storage
 from openpods.controllers.spawner import Spawner
@@ -135,6 +135,23 @@ async def test_refused_spec_is_error_and_temporary_failure_retries(site: dict[st
     assert pod(ctx, "retried").status == st.REQUESTED
     await Spawner(ctx).pass_once()
     assert pod(ctx, "retried").status == st.CREATING
+
+
+async def test_stored_stanza_the_api_now_refuses_is_an_error_not_a_stuck_spawn(site: dict[str, Any]) -> None:
+    """A pod stored before the API refused unroutable stanzas (here a CORS origin without a scheme) fails its
+    spawn with the reason instead of crashing the spawner and staying in SPAWNER SETUP."""
+    ctx, engine, client = site["ctx"], site["engine"], site["client"]
+    await create_pod(client, "legacy", networking={"default": {"protocol": "http", "port": 5000,
+                                                               "cors_allow_origins": ["https://ok.org"]}})
+    with ctx.sessions.begin() as s:
+        row = s.get(Pod, (ctx.settings.default_tenant, "legacy"))
+        assert row is not None
+        row.networking = {"default": {"protocol": "http", "port": 5000, "cors_allow_origins": ["example.org"]}}
+    await Spawner(ctx).pass_once()
+    row = pod(ctx, "legacy")
+    assert row.status == st.ERROR, row.status
+    assert "cors_allow_origins: not an origin" in row.status_container["message"]
+    assert engine.calls.get("ensure_running", 0) == 0
 
 
 async def test_orphan_of_this_installation_is_removed_and_others_are_left(site: dict[str, Any]) -> None:

@@ -51,6 +51,9 @@ class FakeRuntime:
         self.calls["logs"] += 1
         return ""
 
+    async def prune_networks(self, installation_id: str, keep: Any) -> list[str]:
+        return []  # housekeeping once a minute, not part of what a pass costs
+
 
 class Env:
     def __init__(self, database_url: str, data_dir: Path, **settings: Any) -> None:
@@ -78,7 +81,7 @@ class Env:
     def start_container(self, pod_id: str, state: str = "running") -> None:
         labels = {LABEL_TENANT: "default", LABEL_POD_ID: pod_id, LABEL_INSTANCE: f"i-{pod_id}",
                   LABEL_INSTALLATION: self.ctx.installation_id, LABEL_MANAGED: MANAGED_VALUE}
-        name = container_name("default", pod_id)
+        name = container_name("default", pod_id, self.ctx.installation_id)
         self.runtime.containers[name] = ContainerState(name=name, labels=labels, state=state)  # type: ignore[arg-type]
 
     def pod(self, pod_id: str) -> Pod:
@@ -113,7 +116,7 @@ async def test_a_pass_without_changes_reads_and_decides_nothing(env: Env) -> Non
 
 async def test_an_incremental_pass_notices_a_vanished_container(env: Env) -> None:
     await steady(env)
-    del env.runtime.containers[container_name("default", "pod007")]
+    del env.runtime.containers[container_name("default", "pod007", env.ctx.installation_id)]
     stats = await env.incremental()
     assert stats.decided == 1 and stats.changes == 1
     assert env.pod("pod007").status == st.STOPPED
@@ -133,7 +136,7 @@ async def test_an_incremental_pass_notices_a_changed_desired_state(env: Env) -> 
     stats = await env.incremental()
     assert stats.loaded == 1
     assert env.runtime.calls["remove"] == 1
-    assert container_name("default", "pod003") not in env.runtime.containers
+    assert container_name("default", "pod003", env.ctx.installation_id) not in env.runtime.containers
     assert env.pod("pod003").status == st.STOPPED
 
 
@@ -212,7 +215,7 @@ async def test_orphans_and_deleted_pods(env: Env) -> None:
         s.delete(pod)
     stats = await env.incremental()
     assert stats.pods == 2
-    assert container_name("default", "pod000") not in env.runtime.containers  # removed as an orphan
+    assert container_name("default", "pod000", env.ctx.installation_id) not in env.runtime.containers  # removed as an orphan
     env.add_pod("fresh", st.STOPPED)
     stats = await env.incremental()
     assert stats.loaded == 1 and env.pod("fresh").status == st.REQUESTED

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from openpods.api.context import AppContext
 from openpods.bootstrap import build_context
 from openpods.config import Settings
+from openpods.context import AppContext
 from openpods.domain.traefik_config import PodRoutes, render_dynamic_config
 from openpods.services.proxy import RouteTable, make_route_table, render_settings
 from openpods.store.tables import ActionLog, Pod

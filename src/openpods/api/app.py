@@ -7,7 +7,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
 from openpods import __version__
-from openpods.api.context import AppContext
 from openpods.api.envelope import GuardMiddleware, install_error_handlers
 from openpods.api.fast_routes import hoist
 from openpods.api.routers import (
@@ -22,6 +21,7 @@ from openpods.api.routers import (
     templates,
     volumes,
 )
+from openpods.context import AppContext
 
 MODULES = (misc, auth, proxy, templates, images, snapshots, volumes, jupyter, pod_runtime, pods)
 HOT_ROUTES = ("get_pod", "list_pods")

@@ -8,10 +8,10 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from openpods.api.context import AppContext
 from openpods.api.envelope import Forbidden, NotFound, Unauthorized
 from openpods.auth.revocation import is_revoked
 from openpods.auth.tokens import AuthError, Identity
+from openpods.context import AppContext
 from openpods.domain.permissions import Level, effective_level
 from openpods.store import repo
 from openpods.store.db import transaction

@@ -22,6 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from openpods import TAPIS_API_VERSION
+from openpods.domain.errors import (
+    ConflictError,
+    DomainError,
+    InvalidInput,
+    NotFoundError,
+    PermissionDenied,
+    TooLarge,
+)
 
 log = logging.getLogger(__name__)
 OK_MESSAGE = "The request was successful."
@@ -232,7 +240,24 @@ def _capped_receive(receive: Any, limit: int, too_large: BodyTooLarge) -> Any:
     return capped
 
 
+# The one place the core's errors become HTTP statuses.
+DOMAIN_ERROR_STATUS: dict[type[DomainError], int] = {
+    InvalidInput: 400, PermissionDenied: 403, NotFoundError: 404, ConflictError: 409, TooLarge: 413,
+}
+
+
+def domain_error_status(exc: DomainError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in DOMAIN_ERROR_STATUS:
+            return DOMAIN_ERROR_STATUS[kind]  # type: ignore[index]
+    return 400  # a DomainError of no listed kind is still the user's input, never a 500
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return error_response(domain_error_status(exc), exc.message)
+
     @app.exception_handler(TapisError)
     async def _tapis(_: Request, exc: TapisError) -> JSONResponse:
         return error_response(exc.status_code, exc.message, headers=exc.headers)

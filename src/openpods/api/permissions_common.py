@@ -9,10 +9,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
-from openpods.api.context import AppContext
 from openpods.api.deps import LABELS, check_level
 from openpods.api.envelope import BadRequest, Conflict, NotFound, ok
 from openpods.auth.tokens import Identity
+from openpods.context import AppContext
 from openpods.domain.models import SetPermission
 from openpods.domain.permissions import WILDCARD_USER, Level, render, would_leave_no_admin
 from openpods.store import repo

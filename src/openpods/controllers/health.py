@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,8 +28,9 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
+from openpods.context import AppContext
+from openpods.domain import lifecycle
 from openpods.domain import status as st
 from openpods.domain.container_spec import LABEL_INSTALLATION, container_name, legacy_container_name
 from openpods.domain.reconcile import ContainerFacts, Decision, PodFacts, decide, recheck_at
@@ -382,19 +382,15 @@ class Health:
         if pod is None or (pod.revision, pod.creation_ts) != version:
             return  # changed since we looked; the next pass decides again
         now = repo.utcnow()
-        if d.status and d.status != pod.status:
-            pod.status = d.status
-            pod.status_since = now
-        if d.status_requested:
-            pod.status_requested = d.status_requested
+        lifecycle.apply(pod, lifecycle.Change(
+            status=d.status or None, status_requested=d.status_requested or None,
+            instance_id=lifecycle.new_instance_id() if d.new_instance else None), now)
         if d.clear_instance:
             pod.start_instance_ts = None
             pod.time_to_stop_ts = None
             pod.time_to_stop_instance = None
             pod.status_container = {}
             pod.host_ports = {}
-        if d.new_instance:
-            pod.instance_id = uuid.uuid4().hex[:12]
         if d.status_container is not None:
             pod.status_container = d.status_container
         if d.start_instance_ts is not None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from openpods.api.context import AppContext
+from openpods.context import AppContext
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Counter, Histogram
 from sqlalchemy import select
 
-from openpods.api.context import AppContext
 from openpods.bus.base import SNAPSHOTS
+from openpods.context import AppContext
 from openpods.domain.snapshot_policy import due_runs, select_to_prune
 from openpods.services.mounts import effective_mounts
 from openpods.services.snapshots import MB, run_id, take_snapshot

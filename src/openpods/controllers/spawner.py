@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 
 from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.orm.exc import StaleDataError
 
-from openpods.api.context import AppContext
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
+from openpods.context import AppContext
+from openpods.domain import lifecycle
 from openpods.domain import status as st
 from openpods.domain.container_spec import ContainerSpec
+from openpods.domain.errors import ConflictError
 from openpods.runtimes.base import RuntimeErrorPermanent, RuntimeFailure
 from openpods.services.spawn import SpawnRefused, build_spec, mount_pins
 from openpods.storage.pins import PinSet
@@ -84,13 +85,14 @@ class Spawner:
         try:
             with transaction(self.ctx.sessions) as s:
                 pod = s.get(Pod, (tenant_id, pod_id))
-                if pod is None or pod.status != st.REQUESTED or pod.status_requested != st.ON:
+                if pod is None:
                     return None
-                if not pod.instance_id:
-                    pod.instance_id = uuid.uuid4().hex[:12]
-                pod.status = st.SPAWNER_SETUP
-                pod.status_since = repo.utcnow()
-                repo.add_action_log(s, "pod", tenant_id, pod_id, "spawner", "spawner set status to SPAWNER SETUP")
+                try:
+                    change = lifecycle.claim(lifecycle.state_of(pod))
+                except ConflictError:
+                    return None  # not REQUESTED + ON (any more): not ours
+                lifecycle.apply(pod, change, repo.utcnow())
+                repo.add_action_log(s, "pod", tenant_id, pod_id, change.actor, change.log)
                 # A new instance starts with empty logs (the previous ones were kept until now).
                 logs = s.get(PodLog, (tenant_id, pod_id))
                 if logs is None:
@@ -112,20 +114,18 @@ class Spawner:
         try:
             with transaction(self.ctx.sessions) as s:
                 pod = s.get(Pod, (tenant_id, pod_id))
-                if pod is None or pod.status != st.SPAWNER_SETUP or pod.instance_id != instance:
+                if pod is None:
                     return False
-                previous = pod.status_container.get("message") if isinstance(pod.status_container, dict) else None
-                pod.status = status
-                pod.status_since = repo.utcnow()
+                try:
+                    change = lifecycle.finish(lifecycle.state_of(pod), instance, status, message)
+                except ConflictError:
+                    return False  # stopped, restarted or re-requested meanwhile: the outcome is moot
+                lifecycle.apply(pod, change, repo.utcnow())
                 if host_ports is not None:
                     pod.host_ports = host_ports
-                phase = {st.CREATING: "Pending", st.ERROR: "Failed"}.get(status, "Pending")
-                pod.status_container = {"phase": phase, "start_time": None, "message": message}
                 # A retry that fails for the same reason again is not news: one action log per distinct reason.
-                if status != st.REQUESTED or message != previous:
-                    repo.add_action_log(s, "pod", tenant_id, pod_id, "spawner",
-                                        f"spawner set status to {status}" + (f": {message}" if status != st.CREATING
-                                                                             else ""))
+                if change.log:
+                    repo.add_action_log(s, "pod", tenant_id, pod_id, change.actor, change.log)
                 return True
         except StaleDataError:
             return False

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from openpods.domain.traefik_config import stanza_problems
+
 ID_RE = re.compile(r"^[a-z][a-z0-9]+$")
 RESERVED_POD_IDS = frozenset(
     {"catalog", "catalogs", "snapshot", "snapshots", "volume", "volumes", "admin", "image", "images", "template",
@@ -196,6 +198,15 @@ class Networking(Strict):
                 raise ValueError("tapis_auth is only available for protocol 'http'.")
             if self.cors_allow_origins:
                 raise ValueError("cors_* settings are only available for protocol 'http'.")
+        return self
+
+    @model_validator(mode="after")
+    def _renders(self) -> Networking:
+        # One validator with the proxy renderer: a stanza accepted here always gets its route (the renderer
+        # would otherwise skip it silently and the pod would be AVAILABLE without one).
+        problems = stanza_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

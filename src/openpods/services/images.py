@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from openpods.api.envelope import BadRequest
 from openpods.config import Settings
+from openpods.context import AppContext
+from openpods.domain.errors import InvalidInput
 from openpods.domain.pods import digest_needs_engine, image_allowed, parse_image_ref
 from openpods.store.tables import Image
 
@@ -19,7 +19,7 @@ NOT_ALLOWED = ("Custom pod.image images must be in allowlist. View available ima
 ENGINE_TIMEOUT_SEC = 30.0
 
 
-def engine_tags(ctx: Any, image: str) -> list[str]:
+def engine_tags(ctx: AppContext | None, image: str) -> list[str]:
     """What the container engine says about the digest in ``image``: the tags of the local image with that
     digest ([] without an engine, or when it has no such image)."""
     ref = parse_image_ref(image)
@@ -32,11 +32,11 @@ def engine_tags(ctx: Any, image: str) -> list[str]:
         return []
 
 
-def check_image_allowed(s: Session, settings: Settings, tenant_id: str, image: str, *, ctx: Any = None) -> None:
-    """BadRequest unless ``image`` is allowed for the tenant. With ``ctx`` (its runtime), a digest that no
+def check_image_allowed(s: Session, settings: Settings, tenant_id: str, image: str, *, ctx: AppContext | None = None) -> None:
+    """InvalidInput unless ``image`` is allowed for the tenant. With ``ctx`` (its runtime), a digest that no
     entry names is admitted when the engine shows it belongs to an allowed tag."""
     if not image:
-        raise BadRequest(["image: image is required if template is not provided (and the template sets none)."])
+        raise InvalidInput(["image: image is required if template is not provided (and the template sets none)."])
     entries = [(row.image, row.tenants) for row in s.scalars(select(Image))]
     if image_allowed(image, tenant_id, entries, settings.image_allow_list):
         return
@@ -44,8 +44,8 @@ def check_image_allowed(s: Session, settings: Settings, tenant_id: str, image: s
         tags = engine_tags(ctx, image)
         if image_allowed(image, tenant_id, entries, settings.image_allow_list, engine_tags=tags):
             return
-        raise BadRequest([f"image: {image!r} is not allowed: no allowlist entry names this digest, and the "
+        raise InvalidInput([f"image: {image!r} is not allowed: no allowlist entry names this digest, and the "
                           "container engine has no local image with this digest under an allowed name:tag "
                           f"(it reports {', '.join(tags) or 'none'}). Use an allowed tag, or ask an admin to add "
                           f"'<name>@<digest>' to the allowlist. {NOT_ALLOWED}"])
-    raise BadRequest([f"image: {image!r} is not allowed. {NOT_ALLOWED}"])
+    raise InvalidInput([f"image: {image!r} is not allowed. {NOT_ALLOWED}"])

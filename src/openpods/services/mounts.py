@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from openpods.api.envelope import BadRequest, Forbidden
 from openpods.auth.tokens import Identity
+from openpods.domain.errors import InvalidInput, PermissionDenied
 from openpods.domain.permissions import Level, effective_level
 from openpods.store import repo
 from openpods.store.tables import Snapshot, Volume
@@ -23,11 +23,11 @@ def check_mount_access(s: Session, caller: Identity, mounts: dict[str, Any]) -> 
         else:
             continue
         if row is None:
-            raise BadRequest([f"volume_mounts, {key}: no {object_type} '{key}' exists."])
+            raise InvalidInput([f"volume_mounts, {key}: no {object_type} '{key}' exists."])
         level = effective_level(repo.grants(s, object_type, caller.tenant_id, key), caller.username,
                                 site_admin=caller.is_admin)
         if level < needed:
-            raise Forbidden(f"volume_mounts, {key}: mounting needs {needed.name} on {object_type} '{key}'.")
+            raise PermissionDenied(f"volume_mounts, {key}: mounting needs {needed.name} on {object_type} '{key}'.")
 
 
 def effective_mounts(s: Session, pod: Any, settings: Any) -> dict[str, Any]:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from openpods.api.context import AppContext
+from openpods.context import AppContext
 from openpods.domain.container_spec import (
     ContainerSpec,
     MountSpec,
     build_container_spec,
     parse_ulimit,
 )
+from openpods.domain.errors import DomainError
 from openpods.services import pods as pod_svc
 from openpods.services import templates as tpl_svc
 from openpods.services.images import check_image_allowed
@@ -90,14 +92,15 @@ def build_spec(
 
     ``pins`` receives the pinned sources of sub_path mounts (the caller releases them once the container has
     started); without it, a pod with a sub_path mount is refused while ``volume_mount_pinning`` is on."""
-    from openpods.api.envelope import TapisError
-
     try:
         derived = tpl_svc.derive(s, pod, ctx.settings)
         check_image_allowed(s, ctx.settings, pod.tenant_id, derived.get("image") or "", ctx=ctx)
-    except TapisError as exc:
-        message = exc.message if isinstance(exc.message, str) else "; ".join(exc.message)
-        raise SpawnRefused(message) from None
+    except DomainError as exc:
+        raise SpawnRefused(exc.text) from None
+    except ValidationError as exc:  # the merged definition breaks a rule its parts kept (e.g. tcp + cors)
+        raise SpawnRefused("; ".join(
+            f"{', '.join(str(p) for p in err['loc'])}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors())) from None
     secrets = pod_svc.pod_secrets(s, ctx.secrets, pod.tenant_id, pod.pod_id)
     env = pod_svc.substitute_secrets(dict(derived.get("environment_variables") or {}), secrets)
     try:

@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from openpods.api.envelope import BadRequest, NotFound
 from openpods.auth.tokens import Identity
 from openpods.config import Settings
 from openpods.domain import templates as tpl
+from openpods.domain.errors import InvalidInput, NotFoundError
 from openpods.domain.models import Networking
 from openpods.domain.permissions import Level, effective_level
 from openpods.domain.pods import with_urls
@@ -53,9 +53,9 @@ def resolve(s: Session, tenant_id: str, ref: str, *, outer: tuple[str, ...] = ()
         return tpl.resolve_chain(parsed, make_lookup(s, tenant_id),
                                  template_exists=_template_exists(s, tenant_id), outer=outer)
     except tpl.TemplateNotFound as exc:
-        raise NotFound(str(exc)) from None
+        raise NotFoundError(str(exc)) from None
     except (tpl.TemplateRefError, tpl.TemplateLoop, tpl.TemplateChainTooDeep) as exc:
-        raise BadRequest([f"template: {exc}"]) from None
+        raise InvalidInput([f"template: {exc}"]) from None
 
 
 def check_template_readable(s: Session, caller: Identity, template_id: str) -> None:
@@ -63,7 +63,7 @@ def check_template_readable(s: Session, caller: Identity, template_id: str) -> N
     level = effective_level(repo.grants(s, "template", caller.tenant_id, template_id), caller.username,
                             site_admin=caller.is_admin, allow_wildcard=True)
     if not exists or level < Level.READ:
-        raise NotFound(f"Template with identifier template_id: '{template_id}' not found")
+        raise NotFoundError(f"Template with identifier template_id: '{template_id}' not found")
 
 
 def pin_for_pod(s: Session, caller: Identity, ref: str) -> str:
@@ -72,7 +72,7 @@ def pin_for_pod(s: Session, caller: Identity, ref: str) -> str:
     try:
         template_id = tpl.parse_template_ref(ref).template_id
     except tpl.TemplateRefError as exc:
-        raise BadRequest([f"template: {exc}"]) from None
+        raise InvalidInput([f"template: {exc}"]) from None
     check_template_readable(s, caller, template_id)
     return tpl.pin(resolve(s, caller.tenant_id, ref)[0])
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
 
-from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, NotFound, TapisError, Unauthorized, ok
 from openpods.auth.revocation import revoke_token, revoke_user_tokens
 from openpods.auth.throttle import LoginThrottler, Throttled, ThrottlePolicy
 from openpods.auth.tokens import hash_password, verify_password
 from openpods.config import TenantSettings
+from openpods.context import AppContext
 from openpods.domain.models import TokenRequest
 from openpods.store import repo
 from openpods.store.db import transaction

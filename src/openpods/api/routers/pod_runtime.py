@@ -14,11 +14,11 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, Conflict, TapisError, ok
 from openpods.api.routers.pods import load_pod
 from openpods.auth.tokens import Identity
+from openpods.context import AppContext
 from openpods.domain import status as st
 from openpods.domain.container_spec import container_name
 from openpods.domain.models import ExecutePodCommands

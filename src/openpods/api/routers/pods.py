@@ -15,11 +15,12 @@ from starlette.responses import JSONResponse, Response
 
 from openpods.api import permissions_common as perms
 from openpods.api import rawjson
-from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, check_level, check_own_grant, get_identity
 from openpods.api.envelope import BadRequest, Conflict, no_change, ok
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
+from openpods.context import AppContext
+from openpods.domain import lifecycle
 from openpods.domain import status as st
 from openpods.domain import templates as tpl_domain
 from openpods.domain.models import NewPod, NewTemplateTagFromPod, SetPermission, UpdatePod
@@ -74,6 +75,12 @@ def set_status(s: Session, pod: Pod, status: str, actor: str, message: str | Non
         pod.status_since = repo.utcnow()
     repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, actor,
                         message or f"{actor} set status to {status}")
+
+
+def _transition(s: Session, pod: Pod, change: lifecycle.Change) -> None:
+    """Write a lifecycle change (start/stop/restart) and its action-log line."""
+    lifecycle.apply(pod, change, repo.utcnow())
+    repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, change.actor, change.log)
 
 
 def _validation(ctx: AppContext, s: Session, caller: Identity, fields: dict[str, Any]) -> None:
@@ -391,19 +398,11 @@ def delete_pod_permission(ctx: Ctx, caller: Caller, pod_id: str, user: str) -> J
 def stop_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         pod = load_pod(s, caller, pod_id, Level.ADMIN)
-        pod.status_requested = st.OFF
-        pod.update_ts = repo.utcnow()
-        if pod.status == st.REQUESTED:
-            # Nothing was spawned yet (the spawner claims REQUESTED pods with the same optimistic lock).
-            set_status(s, pod, st.STOPPED, "api", f"'{caller.username}' ran stop_pod, set to OFF and STOPPED")
-        elif pod.status != st.STOPPED:
-            set_status(s, pod, st.DELETING, "api", f"'{caller.username}' ran stop_pod, set to OFF and DELETING")
-        else:
-            repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, caller.username,
-                                f"'{caller.username}' ran stop_pod, set to OFF")
+        change = lifecycle.stop(lifecycle.state_of(pod), caller.username)
+        _transition(s, pod, change)
         view = pod_svc.pod_view(pod)
     ctx.bus.publish(Wakeup(HEALTH, caller.tenant_id, pod_id))
-    return ok(view, "Updated pod's status_requested to OFF.")
+    return ok(view, change.message)
 
 
 @router.get("/{pod_id}/start", operation_id="start_pod", summary="start_pod")
@@ -411,24 +410,12 @@ def stop_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
 def start_pod(ctx: Ctx, caller: Caller, pod_id: str) -> JSONResponse:
     with transaction(ctx.sessions) as s:
         pod = load_pod(s, caller, pod_id, Level.ADMIN)
-        if pod.status in (st.STOPPED, *st.FINISHED):
-            pod.status_requested = st.ON
-            pod.instance_id = uuid.uuid4().hex[:12]
-            pod.update_ts = repo.utcnow()
-            set_status(s, pod, st.REQUESTED, "api", f"'{caller.username}' ran start_pod, set to ON and REQUESTED")
-            message = "Updated pod's status_requested to ON and requested pod."
-        elif pod.status == st.DELETING:
-            pod.status_requested = st.ON
-            repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, caller.username,
-                                f"'{caller.username}' ran start_pod while stopping, set to ON")
-            message = "Pod is stopping; it will start again once stopped."
-        else:
-            raise Conflict("Pod must be in 'STOPPED' status to run 'start_pod'. Please run 'stop_pod' or "
-                           f"'restart_pod' instead. Pod '{pod_id}' is {pod.status}.")
+        change = lifecycle.start(lifecycle.state_of(pod), caller.username)  # ConflictError: 409
+        _transition(s, pod, change)
         view = pod_svc.pod_view(pod)
     ctx.bus.publish(Wakeup(SPAWNER, caller.tenant_id, pod_id))
     ctx.bus.publish(Wakeup(HEALTH, caller.tenant_id, pod_id))
-    return ok(view, message)
+    return ok(view, change.message)
 
 
 @router.get("/{pod_id}/restart", operation_id="restart_pod", summary="restart_pod")
@@ -443,20 +430,12 @@ def restart_pod(ctx: Ctx, caller: Caller, pod_id: str, grab_latest_template_tag:
                 note = f" (template {pod.template} -> {new})"
                 pod.template = new
                 check_effective(ctx, s, caller, pod)
-        pod.update_ts = repo.utcnow()
-        if pod.status in (st.STOPPED, *st.FINISHED):
-            pod.status_requested = st.ON
-            pod.instance_id = uuid.uuid4().hex[:12]
-            set_status(s, pod, st.REQUESTED, "api",
-                       f"'{caller.username}' ran restart_pod, set to ON and REQUESTED{note}")
-        else:
-            pod.status_requested = st.RESTART
-            repo.add_action_log(s, "pod", pod.tenant_id, pod.pod_id, caller.username,
-                                f"'{caller.username}' ran restart_pod, set to RESTART{note}")
+        change = lifecycle.restart(lifecycle.state_of(pod), caller.username, note)
+        _transition(s, pod, change)
         view = pod_svc.pod_view(pod)
     ctx.bus.publish(Wakeup(SPAWNER, caller.tenant_id, pod_id))
     ctx.bus.publish(Wakeup(HEALTH, caller.tenant_id, pod_id))
-    return ok(view, "Updated pod's status_requested to RESTART.")
+    return ok(view, change.message)
 
 
 @router.post("/{pod_id_net}/save_pod_as_template_tag", operation_id="save_pod_as_template_tag",

@@ -27,13 +27,13 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, identity_from_token, require_site_admin
 from openpods.api.envelope import BadRequest, Forbidden, NotFound, Unauthorized, error_response
 from openpods.auth import pod_access as pa
 from openpods.auth.revocation import consume_once, is_revoked
 from openpods.auth.throttle import LoginThrottler, Throttled, ThrottlePolicy
 from openpods.auth.tokens import AuthError, Identity, verify_password
+from openpods.context import AppContext
 from openpods.domain.pods import split_pod_id_net
 from openpods.store import repo
 from openpods.store.db import transaction

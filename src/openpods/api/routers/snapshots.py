@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
-from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, Forbidden, NotFound, no_change, ok
 from openpods.api.files import file_response, storage_errors
 from openpods.api.routers.volumes import MB, mounting_pods
 from openpods.auth.tokens import Identity
 from openpods.bus.base import SNAPSHOTS, Wakeup
+from openpods.context import AppContext
 from openpods.domain.models import NewSnapshot, SetPermission, UpdateSnapshot
 from openpods.domain.permissions import Level, effective_level
 from openpods.domain.snapshot_policy import validate_cron, validate_retention_policy

@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 from starlette.responses import JSONResponse
 
 from openpods.api import permissions_common as perms
-from openpods.api.context import AppContext
 from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, NotFound, no_change, ok
 from openpods.auth.tokens import Identity
+from openpods.context import AppContext
 from openpods.domain import templates as tpl
 from openpods.domain.models import NewTemplate, NewTemplateTag, SetPermission, UpdateTemplate
 from openpods.domain.permissions import WILDCARD_USER, Level

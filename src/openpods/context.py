@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from openpods.api.rawjson import FragmentCache
 from openpods.auth.token_cache import VerifiedTokenCache
 from openpods.auth.tokens import SecretBox, TokenService
 from openpods.bus.base import Bus
 from openpods.config import Settings
 from openpods.domain.pods import SiteLimits
+from openpods.runtimes.base import Runtime
+from openpods.storage.base import StorageBackend
+from openpods.storage.pins import MountPins
 from openpods.store.repo import utcnow
+from openpods.store.view_cache import FragmentCache
+
+if TYPE_CHECKING:  # services sit above this module: importing them at run time would cycle
+    from openpods.services.proxy import RouteTable
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -27,23 +36,23 @@ class AppContext:
     tokens: TokenService
     secrets: SecretBox
     bus: Bus
-    runtime: Any = None  # openpods.runtimes.base.Runtime, when a container engine is configured
+    runtime: Runtime | None = None  # set when a container engine is configured
     runtime_problem: str = ""  # why there is no runtime (shown on pods waiting in REQUESTED)
     gpus_supported: bool = False  # whether the runtime can give containers GPUs
     installation_id: str = ""  # labels this installation's containers (never touch another's)
-    proxy_config: Any = None  # services.proxy.RouteTable (Traefik routes, kept up to date in the background)
-    storage: Any = None  # openpods.storage.base.StorageBackend
-    mount_pins: Any = None  # openpods.storage.pins.MountPins: pinned sub_path mount sources (spawner)
+    proxy_config: RouteTable | None = None  # Traefik routes, kept up to date in the background
+    storage: StorageBackend | None = None
+    mount_pins: MountPins | None = None  # pinned sub_path mount sources (spawner)
     proxy_secret: str = ""
     clock: Callable[[], datetime] = field(default=utcnow)
-    loop: Any = None  # the event loop running the runtime adapter (set by the controllers' runner)
+    loop: asyncio.AbstractEventLoop | None = None  # runs the runtime adapter (set by the controllers' runner)
     token_cache: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)  # verified tokens, short-lived
     pod_views: FragmentCache = field(default_factory=FragmentCache)  # get/list_pods: rendered pods by revision
 
-    def run_async(self, coro: Any, timeout: float) -> Any:
+    def run_async(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run a coroutine on the adapters' loop from a worker thread (sync endpoints)."""
-        import asyncio
-
+        if self.loop is None:
+            raise RuntimeError("run_async needs the adapters' event loop (set by the controllers' runner)")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @property
