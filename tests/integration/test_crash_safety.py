@@ -254,7 +254,10 @@ def _wait_converged(
         f"{context}: not converged after {timeout:.0f}s: {problems}\n--- openpods log ---\n{proc.log_tail()}"
     )
     if want == "AVAILABLE":
-        for c in engine.containers({LABEL_TENANT: TENANT}):
+        # This server's containers of these pods only (other modules share the engine and the tenant name).
+        for c in managed:
+            if c.labels.get(LABEL_POD_ID) not in pod_ids:
+                continue
             port = _host_port(engine, c.id)
             deadline = time.monotonic() + 30
             while not _serves(port) and time.monotonic() < deadline:
