@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, NotFound, TapisError, Unauthorized, ok
+from openpods.api.routing import api_router
 from openpods.auth.revocation import revoke_token, revoke_user_tokens
 from openpods.auth.throttle import LoginThrottler, Throttled, ThrottlePolicy
 from openpods.auth.tokens import hash_password, verify_password
@@ -20,7 +21,7 @@ from openpods.domain.models import TokenRequest
 from openpods.store import repo
 from openpods.store.db import transaction
 
-router = APIRouter(prefix="/v3", include_in_schema=False)
+router = api_router(prefix="/v3", include_in_schema=False)
 
 
 def resolve_tenant(ctx: AppContext, request: Request, explicit: str | None = None) -> TenantSettings:

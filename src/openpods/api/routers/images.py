@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx, require_site_admin
 from openpods.api.envelope import BadRequest, Conflict, NotFound, cap_messages, ok, validation_messages
+from openpods.api.routing import api_router
 from openpods.domain.models import NewImage
 from openpods.store import repo
 from openpods.store.db import transaction
 from openpods.store.tables import Image
 
-router = APIRouter(prefix="/v3/pods/images", tags=["images"])
+router = api_router(prefix="/v3/pods/images", tags=["images"])
 
 
 def image_view(row: Image) -> dict:

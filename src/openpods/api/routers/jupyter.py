@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
@@ -20,6 +20,7 @@ from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, Conflict, NotFound, ok
 from openpods.api.routers.pod_runtime import _log, _runtime, copy_into_container, form_text
 from openpods.api.routers.pods import create_pod, load_pod
+from openpods.api.routing import api_router
 from openpods.domain import templates as tpl
 from openpods.domain.container_spec import container_name
 from openpods.domain.models import NewPod
@@ -28,7 +29,7 @@ from openpods.domain.pods import jupyter_pod_id
 from openpods.store.db import transaction
 from openpods.store.tables import ActionLog, Pod, Template
 
-router = APIRouter(prefix="/v3/pods/jupyter", tags=["jupyter"])
+router = api_router(prefix="/v3/pods/jupyter", tags=["jupyter"])
 JUPYTER_TEMPLATE = "jupyterlab"
 JUPYTER_HOME = "/home/jovyan"
 

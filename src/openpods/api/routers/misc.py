@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
 from openpods.api.envelope import error_response, ok
+from openpods.api.routing import api_router
 
-router = APIRouter()
+router = api_router()
 HEALTHY = "I promise I'm healthy."
 # The original's texts (Traefik's error pages for the Pods API router).
 INVALID = "Invalid request: The Pods service does not know how to fulfill the request."

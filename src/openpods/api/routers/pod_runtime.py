@@ -10,13 +10,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, Conflict, TapisError, ok
 from openpods.api.routers.pods import load_pod
+from openpods.api.routing import api_router
 from openpods.auth.tokens import Identity
 from openpods.context import AppContext
 from openpods.domain import status as st
@@ -28,7 +29,7 @@ from openpods.services import pods as pod_svc
 from openpods.store import repo
 from openpods.store.db import transaction
 
-router = APIRouter(prefix="/v3/pods", tags=["pods"])
+router = api_router(prefix="/v3/pods", tags=["pods"])
 # The original's exec messages; ours append the numbers.
 TOTAL_TIMEOUT = "Execution stopped due to total timeout. Consider increasing the total_timeout parameter."
 COMMAND_TIMEOUT = ("Execution stopped due to command timeout on latest command. Consider increasing the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlalchemy import String, and_, bindparam, cast, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from openpods.api import permissions_common as perms
 from openpods.api import rawjson
 from openpods.api.deps import Caller, Ctx, check_level, check_own_grant, get_identity
 from openpods.api.envelope import BadRequest, Conflict, no_change, ok
+from openpods.api.routing import api_router
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
 from openpods.context import AppContext
@@ -42,7 +43,7 @@ from openpods.store.db import retry_on_integrity_error, retry_on_stale_data, tra
 from openpods.store.fastread import FastReads
 from openpods.store.tables import Permission, Pod, PodLog, PodSecret
 
-router = APIRouter(prefix="/v3/pods", tags=["pods"])
+router = api_router(prefix="/v3/pods", tags=["pods"])
 RESTART_NOTE = "Changes take effect when the pod is (re)started: use restart_pod."
 
 

@@ -24,11 +24,12 @@ import html
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import Form, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from openpods.api.deps import Caller, Ctx, identity_from_token, require_site_admin
 from openpods.api.envelope import BadRequest, Forbidden, NotFound, Unauthorized, error_response
+from openpods.api.routing import api_router
 from openpods.auth import pod_access as pa
 from openpods.auth.revocation import consume_once, is_revoked
 from openpods.auth.throttle import LoginThrottler, Throttled, ThrottlePolicy
@@ -39,7 +40,7 @@ from openpods.store import repo
 from openpods.store.db import transaction
 from openpods.store.tables import Pod
 
-router = APIRouter()
+router = api_router()
 SECRET_HEADER = "X-OpenPods-Proxy-Secret"
 COOKIE = pa.SESSION_COOKIE
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -15,6 +14,7 @@ from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, Forbidden, NotFound, no_change, ok
 from openpods.api.files import file_response, storage_errors
 from openpods.api.routers.volumes import MB, mounting_pods
+from openpods.api.routing import api_router
 from openpods.auth.tokens import Identity
 from openpods.bus.base import SNAPSHOTS, Wakeup
 from openpods.context import AppContext
@@ -26,7 +26,7 @@ from openpods.store import repo
 from openpods.store.db import retry_on_stale_data, transaction
 from openpods.store.tables import Snapshot, Volume
 
-router = APIRouter(prefix="/v3/pods/snapshots", tags=["snapshots"])
+router = api_router(prefix="/v3/pods/snapshots", tags=["snapshots"])
 MAX_SCHEDULED_ID = 128 - len("r20260101000000")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -13,6 +12,7 @@ from starlette.responses import JSONResponse
 from openpods.api import permissions_common as perms
 from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, NotFound, no_change, ok
+from openpods.api.routing import api_router
 from openpods.auth.tokens import Identity
 from openpods.context import AppContext
 from openpods.domain import templates as tpl
@@ -23,7 +23,7 @@ from openpods.store import repo
 from openpods.store.db import retry_on_integrity_error, retry_on_stale_data, transaction
 from openpods.store.tables import Pod, Template, TemplateTag
 
-router = APIRouter(prefix="/v3/pods/templates", tags=["templates"])
+router = api_router(prefix="/v3/pods/templates", tags=["templates"])
 
 
 def load_template(s: Session, caller: Identity, template_id: str, needed: Level) -> Template:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from openpods.api.deps import Caller, Ctx, check_level
 from openpods.api.envelope import BadRequest, Conflict, TapisError, no_change, ok
 from openpods.api.files import file_response, storage_errors
 from openpods.api.multipart import file_part_chunks
+from openpods.api.routing import api_router
 from openpods.auth.tokens import Identity
 from openpods.domain import status as st
 from openpods.domain.models import NewVolume, SetPermission, UpdateVolume
@@ -25,7 +26,7 @@ from openpods.store import repo
 from openpods.store.db import retry_on_stale_data, transaction
 from openpods.store.tables import Pod, Snapshot, Volume
 
-router = APIRouter(prefix="/v3/pods/volumes", tags=["volumes"])
+router = api_router(prefix="/v3/pods/volumes", tags=["volumes"])
 MB = 1024 * 1024
 
 
