@@ -100,13 +100,19 @@ class LoginThrottler:
             return 0.0
         return max(0.0, row.next_allowed - now)
 
+    def _next_allowed(self, now: float, failures: int, free: int) -> float:
+        """0 while the attempts are free: a concurrent attempt that read the clock a moment earlier must not take
+        the writer's ``now`` for a delay (that refused parallel good logins with "try again in 1 seconds")."""
+        delay = self.policy.delay(failures, free)
+        return now + delay if delay > 0 else 0.0
+
     def _count(self, key: str, free: int, now: float) -> None:
         for _ in range(50):
             try:
                 with transaction(self.sessions) as s:
                     row = s.get(LoginThrottle, key)
                     if row is None:
-                        s.add(LoginThrottle(key=key, failures=1, next_allowed=now + self.policy.delay(1, free),
+                        s.add(LoginThrottle(key=key, failures=1, next_allowed=self._next_allowed(now, 1, free),
                                             last_attempt=now))
                         s.flush()
                         return
@@ -119,7 +125,7 @@ class LoginThrottler:
                         update(LoginThrottle)
                         .where(LoginThrottle.key == key, LoginThrottle.failures == row.failures,
                                LoginThrottle.last_attempt == row.last_attempt)
-                        .values(failures=failures, next_allowed=now + self.policy.delay(failures, free),
+                        .values(failures=failures, next_allowed=self._next_allowed(now, failures, free),
                                 last_attempt=now)
                         .execution_options(synchronize_session=False)
                     ).rowcount
