@@ -897,8 +897,23 @@ class DockerRuntime(Runtime):
                 return _decode_tail(data, max_bytes)
             lines = min(lines * 4, max_bytes)
 
-    @staticmethod
+    @classmethod
     def _read_log_stream(
+        cls, api: docker.APIClient, name: str, tail: int | str, max_bytes: int
+    ) -> tuple[bytes, int]:
+        # Podman reads its k8s-file log while conmon appends to it and refuses a half-written last line
+        # ("'2026-12-01T' is not a valid container log line"): a moment later the line is whole.
+        for attempt in range(3):
+            try:
+                return cls._read_log_stream_once(api, name, tail, max_bytes)
+            except docker.errors.APIError as exc:
+                if attempt == 2 or "not a valid container log line" not in _engine_message(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _read_log_stream_once(
         api: docker.APIClient, name: str, tail: int | str, max_bytes: int
     ) -> tuple[bytes, int]:
         """The log stream (stdout+stderr, in order) keeping only the last ``max_bytes``; also returns the
