@@ -148,6 +148,16 @@ def ca_cert(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     print(ca_certificate_pem(traefik_paths(traefik_settings(settings, "unused")).tls_dir), end="")
 
 
+def _settings_and_tenant(data_dir: Path | None, config: Path | None, tenant: str | None) -> tuple[Settings, str]:
+    """The settings and the tenant a `users` command works on (exit 2 for a tenant that is not configured)."""
+    settings = load_settings(data_dir=data_dir, config_file=config)
+    tenant_id = tenant or settings.default_tenant
+    if settings.tenant(tenant_id) is None:
+        console.print(f"[red]Unknown tenant {tenant_id!r}[/red]; configure it under \\[\\[tenants]] first.")
+        raise typer.Exit(2)
+    return settings, tenant_id
+
+
 @users_app.command("add")
 def users_add(
     name: Annotated[str, typer.Argument(help="Username.")],
@@ -165,11 +175,7 @@ def users_add(
     from openpods.store.db import transaction
     from openpods.store.tables import User
 
-    settings = load_settings(data_dir=data_dir, config_file=config)
-    tenant_id = tenant or settings.default_tenant
-    if settings.tenant(tenant_id) is None:
-        console.print(f"[red]Unknown tenant {tenant_id!r}[/red]; configure it under [[tenants]] first.")
-        raise typer.Exit(2)
+    settings, tenant_id = _settings_and_tenant(data_dir, config, tenant)
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     ctx = build_context(settings)
@@ -209,11 +215,7 @@ def users_revoke(
     from openpods.bootstrap import build_context
     from openpods.store.db import transaction
 
-    settings = load_settings(data_dir=data_dir, config_file=config)
-    tenant_id = tenant or settings.default_tenant
-    if settings.tenant(tenant_id) is None:
-        console.print(f"[red]Unknown tenant {tenant_id!r}[/red].")
-        raise typer.Exit(2)
+    settings, tenant_id = _settings_and_tenant(data_dir, config, tenant)
     ctx = build_context(settings)
     with transaction(ctx.sessions) as s:
         revoke_user_tokens(s, tenant_id, name)
