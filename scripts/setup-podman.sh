@@ -10,7 +10,7 @@
 #   OPENPODS_PODMAN_SOCK  socket path (default: $OPENPODS_PODMAN_DIR/podman.sock)
 #
 # What it does:
-#   1. apt-get installs podman, runc and busybox-static when one of them is missing;
+#   1. apt-get installs podman, runc, busybox-static (and curl, iptables) when one of them is missing;
 #   2. writes a containers.conf that uses runc (crun fails on hybrid cgroups here) and default ulimits that a
 #      root without CAP_SYS_RESOURCE may set;
 #   3. starts `podman system service --time=0 unix://$SOCK` in the background unless the socket already answers
@@ -31,6 +31,8 @@ command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing+=(runc)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# OpenPods keeps pod bridges apart with one iptables rule (see runtimes/docker.py); podman usually brings it.
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     SUDO=""
