@@ -60,6 +60,9 @@ class ListOnlyRuntime:
     async def logs(self, name: str, max_bytes: int) -> str:
         return ""
 
+    async def prune_networks(self, installation_id: str, keep: Any) -> list[str]:
+        return []  # once-a-minute housekeeping, not what a pass costs
+
 
 def seed(ctx: Any, runtime: ListOnlyRuntime, n: int) -> None:
     since = repo.utcnow() - timedelta(hours=1)
@@ -75,7 +78,7 @@ def seed(ctx: Any, runtime: ListOnlyRuntime, n: int) -> None:
                                         "message": "Container is running."}))
             labels = {LABEL_TENANT: "default", LABEL_POD_ID: pod_id, LABEL_INSTANCE: f"i{i}",
                       LABEL_INSTALLATION: ctx.installation_id, LABEL_MANAGED: MANAGED_VALUE}
-            name = container_name("default", pod_id)
+            name = container_name("default", pod_id, ctx.installation_id)
             runtime.containers[name] = ContainerState(name=name, labels=labels, state="running",
                                                       message="Up 1 hour")
 
