@@ -262,7 +262,31 @@ def _wait_converged(
             deadline = time.monotonic() + 30
             while not _serves(port) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert _serves(port), f"{context}: container {c.name} does not serve on port {port}"
+            assert _serves(port), (
+                f"{context}: container {c.name} does not serve on port {port}\n{_port_diagnostics(engine, c, port)}"
+                f"\n--- openpods log ---\n{proc.log_tail()}"
+            )
+
+
+def _port_diagnostics(engine: Any, container: Any, port: int) -> str:
+    """What the engine and the host say about a published port that does not answer (a rare CI failure)."""
+    lines: list[str] = []
+    try:
+        info = engine.client.api.inspect_container(container.id)
+        state = info.get("State") or {}
+        lines.append(f"state={state.get('Status')} started={state.get('StartedAt')} pid={state.get('Pid')}")
+        lines.append(f"networks={json.dumps((info.get('NetworkSettings') or {}).get('Networks'), default=str)[:800]}")
+        lines.append(f"ports={json.dumps((info.get('NetworkSettings') or {}).get('Ports'), default=str)}")
+    except Exception as exc:
+        lines.append(f"inspect failed: {exc}")
+    try:
+        nat = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=30).stdout
+        lines.append("nat rules for the port: " + "; ".join(r for r in nat.splitlines() if str(port) in r))
+        lines.append("nat jumps: " + "; ".join(r for r in nat.splitlines() if "HOSTPORT-DNAT" in r and "-A " in r
+                                               and "--dport" not in r))
+    except (OSError, subprocess.SubprocessError) as exc:
+        lines.append(f"iptables failed: {exc}")
+    return "\n".join(lines)
 
 
 def _kill_when(
