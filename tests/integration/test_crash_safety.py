@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from process_control import ProcessControl
 
 from openpods.domain.container_spec import (
     LABEL_INSTALLATION,
@@ -52,7 +54,7 @@ def _free_port() -> int:
 
 
 @dataclass
-class Proc:
+class Proc(ProcessControl):
     """One `openpods serve` subprocess on a fixed data dir, database and port."""
 
     data_dir: Path
@@ -106,29 +108,6 @@ class Proc:
                     return
             time.sleep(0.05)
         pytest.fail(f"openpods serve did not answer /healthcheck:\n{self.log_tail()}")
-
-    def sigkill(self) -> None:
-        assert self.popen is not None
-        os.kill(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(30)
-        self.popen = None
-
-    def stop(self) -> None:
-        if self.popen is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(30)
-        self.popen = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
     def client(self) -> httpx.Client:
         r = httpx.post(

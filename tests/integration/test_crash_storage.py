@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from process_control import ProcessControl
 
 DB_BACKENDS = "one"  # the database plays no part beyond what tests/api cover
 ADMIN_PASSWORD = "crash-storage-pw"
@@ -50,7 +52,7 @@ def wait_until(check: Any, what: str, timeout: float = TIMEOUT) -> Any:
 
 
 @dataclass
-class Serve:
+class Serve(ProcessControl):
     """One `openpods serve` subprocess (no engine, no proxy) on a fixed data dir, database and port."""
 
     data_dir: Path
@@ -95,29 +97,6 @@ class Serve:
             return False
 
         wait_until(healthy, "openpods serve to answer /healthcheck")
-
-    def sigkill(self) -> None:
-        assert self.popen is not None
-        os.kill(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(30)
-        self.popen = None
-
-    def stop(self) -> None:
-        if self.popen is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(30)
-        self.popen = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
     def client(self) -> httpx.Client:
         r = httpx.post(f"{self.base}/v3/oauth2/tokens",

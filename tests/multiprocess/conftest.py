@@ -36,6 +36,9 @@ import httpx
 import psycopg
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from process_control import ProcessControl
+
 from openpods.domain.container_spec import LABEL_INSTALLATION, LABEL_POD_ID
 
 
@@ -206,7 +209,7 @@ STUCK_DEADLINE_SEC = 10.0
 
 
 @dataclass
-class Proc:
+class Proc(ProcessControl):
     """One ``openpods <role>`` subprocess."""
 
     role: str
@@ -247,32 +250,6 @@ class Proc:
                     return
             time.sleep(0.1)
         raise AssertionError(f"{self.name} did not answer /healthcheck:\n{self.log_tail()}")
-
-    def sigkill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        assert self.popen is not None
-        self.popen.wait(30)
-        self.popen = None
-
-    def stop(self) -> None:
-        if self.popen is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(30)
-        self.popen = None
-
-    def log_text(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")
-        return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 @dataclass
