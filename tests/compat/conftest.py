@@ -15,12 +15,10 @@ relative to ``/v3`` (``client.post("/pods", data=json.dumps(pod_def), headers=he
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -28,19 +26,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_module(name: str, path: Path) -> ModuleType:
-    """Imports a file as a module of its own (test directories are not packages here)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
 
 
-integration = _load_module("openpods_tests_integration_support", REPO / "tests/integration/conftest.py")
+sys.path.insert(0, str(REPO / "tests" / "support"))
+from module_loading import load_module  # noqa: E402
+
+integration = load_module("openpods_tests_integration_support", REPO / "tests/integration/conftest.py")
 
 # The integration suite's fixtures and backend parametrization (a module sets DB_BACKENDS = "one" when its
 # database behaviour is covered elsewhere and it mostly drives containers).

@@ -28,7 +28,6 @@ and ``Host`` (:meth:`ProxyEnv.get`); the certificate is verified against the CA 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import socket
@@ -40,7 +39,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 import httpx
@@ -82,19 +80,12 @@ TWO_PORTS_COMMAND = [
 ]
 
 
-def _load_module(name: str, path: Path) -> ModuleType:
-    """Imports a file as a module of its own (test directories are not packages here)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
 
 
-integration = _load_module("openpods_tests_integration_support", REPO / "tests/integration/conftest.py")
+sys.path.insert(0, str(REPO / "tests" / "support"))
+from module_loading import load_module  # noqa: E402
+
+integration = load_module("openpods_tests_integration_support", REPO / "tests/integration/conftest.py")
 
 
 def wait_until(
