@@ -185,9 +185,11 @@ def test_sigkill_the_health_leader_mid_create(cluster: Any) -> None:
                    timeout=lease_sec + retry_sec + 60)
     _, new_epoch, acquired_at, _ = new
     takeover = (acquired_at - killed_at).total_seconds()
-    bound = lease_sec + retry_sec  # controllers/leader.py: takeover within lease + retry of the leader's death
+    # controllers/leader.py: the other health processes run on this machine, so they see that the holder's
+    # process is gone and take over within one retry, without waiting for the lease (lease + retry otherwise).
+    bound = retry_sec
     assert new_epoch == epoch + 1
-    assert acquired_at >= expires_at, f"taken over at {acquired_at} before the lease expired at {expires_at}"
+    assert acquired_at < expires_at, f"waited for the dead leader's lease to expire ({expires_at})"
     assert takeover <= bound + ROUND_TRIP_ALLOWANCE_SEC, (
         f"takeover took {takeover:.1f}s; documented bound {bound:.1f}s (+{ROUND_TRIP_ALLOWANCE_SEC}s)")
     print(f"health leader takeover after SIGKILL: {takeover:.2f}s (bound {bound:.1f}s)")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -169,3 +172,56 @@ async def test_sqlite_leads_trivially(tmp_path: Path) -> None:
     assert started == [1]
     await stop(task)
     engine.dispose()
+
+
+def _holder_of_a_killed_process() -> str:
+    """The holder id a process made for itself before it was SIGKILLed (and reaped)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from openpods.controllers.leader import new_holder_id; import sys, time; "
+                               "print(new_holder_id(), flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        holder = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert " proc=" in holder, holder
+    return holder
+
+
+def test_holder_is_dead_only_for_a_gone_process_of_this_kernel_and_pid_namespace() -> None:
+    dead = _holder_of_a_killed_process()
+    assert leader_mod.holder_is_dead(dead)
+    assert not leader_mod.holder_is_dead(leader_mod.new_holder_id())  # this very process
+    assert not leader_mod.holder_is_dead("host:123:abcd")  # no mark: only expiry can tell
+    boot, rest = dead.split(" proc=")[1].split("/", 1)
+    foreign_boot = dead.replace(f" proc={boot}/", " proc=00000000-0000-0000-0000-000000000000/")
+    assert not leader_mod.holder_is_dead(foreign_boot)  # another machine (or boot): never judged
+    ns = rest.split("/")[0]
+    assert not leader_mod.holder_is_dead(dead.replace(f"/{ns}/", "/1/"))  # another pid namespace (container)
+
+
+async def test_a_killed_leader_on_this_machine_is_replaced_before_its_lease_expires(pg_engine: Engine) -> None:
+    long = LeaseTimes(lease_sec=120.0, renew_sec=1.0, retry_sec=0.5)
+    dead = _holder_of_a_killed_process()
+    assert Lease(pg_engine, "health", dead, long.lease_sec, 5).acquire() == 1
+    _, _, _, expires_at = lease_row(pg_engine)
+    b = Group(pg_engine)
+    tb = asyncio.create_task(run_as_leader(pg_engine, "health", b.start, long, holder="b"))
+    await wait_until(lambda: b.running, 30)
+    holder, epoch, acquired_at, _ = lease_row(pg_engine)
+    assert (holder, epoch) == ("b", 2)
+    assert acquired_at < expires_at, "waited for the dead process's lease to expire"
+    await stop(tb)
+
+
+async def test_a_live_holder_on_this_machine_keeps_its_lease(pg_engine: Engine) -> None:
+    alive = leader_mod.new_holder_id()  # this process: alive, but not renewing (as if stalled)
+    assert Lease(pg_engine, "health", alive, 120.0, 5).acquire() == 1
+    b = Group(pg_engine)
+    tb = asyncio.create_task(run_as_leader(pg_engine, "health", b.start, TIMES, holder="b"))
+    await asyncio.sleep(TIMES.retry_sec * 6)  # several attempts
+    assert not b.started
+    assert lease_row(pg_engine)[:2] == (alive, 1)
+    await stop(tb)

@@ -19,6 +19,10 @@ Guarantees, with L = ``leader_lease_sec``, R = ``leader_renew_sec``, T = ``leade
   leader at most L + T seconds (plus one database round trip) after the leader's last renewal, hence at most
   L + T seconds after its death. A leader that stops cleanly releases its lease, and another takes over within
   T seconds.
+- **A dead leader on this machine is replaced at once.** A holder id names its process (boot id, pid namespace,
+  pid, start time). A contender on the same kernel and pid namespace that finds that process gone (a killed
+  ``openpods serve`` being restarted) takes the lease over without waiting for it to expire: a process that no
+  longer exists cannot act. The takeover is conditional on the row still naming that holder.
 - A database restart or outage shorter than L - R changes nothing; a longer one makes the leader step down and
   the first process to reach the database after the lease expired becomes leader.
 
@@ -31,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -68,9 +73,67 @@ WHERE name = :name AND holder = :holder
 """)
 
 
+_TAKE_FROM_DEAD = text("""
+UPDATE leader_leases SET holder = :holder, epoch = epoch + 1, acquired_at = now() AT TIME ZONE 'UTC',
+    renewed_at = now() AT TIME ZONE 'UTC', expires_at = now() AT TIME ZONE 'UTC' + make_interval(secs => :lease)
+WHERE name = :name AND holder = :dead
+RETURNING epoch
+""")
+_PROCESS_MARK = re.compile(r" proc=(?P<boot>[0-9a-f-]+)/(?P<ns>\d+)/(?P<pid>\d+)/(?P<start>\d+)$")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), or None if there is
+    no such process. With the pid it names one process for the whole boot (pids are reused, start times not)."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name, in parentheses, may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def _kernel_scope() -> tuple[str, str] | None:
+    """(boot id, pid namespace inode): where a pid means the same process as here. None off Linux."""
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    match = re.fullmatch(r"pid:\[(\d+)\]", ns)
+    if boot is None or match is None:
+        return None
+    return boot.strip(), match.group(1)
+
+
+def process_mark(pid: int | None = None) -> str:
+    """`` proc=<boot id>/<pid ns>/<pid>/<start time>`` for this process ("" where /proc cannot tell)."""
+    pid = os.getpid() if pid is None else pid
+    scope, start = _kernel_scope(), _start_time(pid)
+    return "" if scope is None or start is None else f" proc={scope[0]}/{scope[1]}/{pid}/{start}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True only when ``holder`` names a process of this kernel and pid namespace that no longer exists. Holders
+    from other machines, containers or without a mark are never judged dead (their leases expire instead)."""
+    match = _PROCESS_MARK.search(holder)
+    scope = _kernel_scope()
+    if match is None or scope is None or (match["boot"], match["ns"]) != scope:
+        return False
+    return _start_time(int(match["pid"])) != match["start"]
+
+
 def new_holder_id() -> str:
-    """Unique per process start; readable in the table (host and pid) for operators."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Unique per process start; readable in the table (host and pid) for operators, and marked with the
+    process's identity so that a contender on the same machine can tell that it died."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}{process_mark()}"
 
 
 @dataclass
@@ -100,6 +163,24 @@ class Lease:
             row = conn.execute(_ACQUIRE, {"name": self.name, "holder": self.holder,
                                           "lease": float(self.lease_sec)}).first()
             return None if row is None else int(row[0])
+
+    def take_from_dead(self) -> int | None:
+        """Take the lease from a holder that :func:`holder_is_dead` (before it expires); returns the new epoch,
+        or None if the holder is alive, unknown here, or changed meanwhile."""
+        with self.engine.begin() as conn:
+            conn.execute(text(f"SET LOCAL statement_timeout = {self.timeout_ms}"))
+            current = conn.execute(text("SELECT holder FROM leader_leases WHERE name = :name"),
+                                   {"name": self.name}).scalar()
+            if current is None or current == self.holder or not holder_is_dead(current):
+                return None
+            row = conn.execute(_TAKE_FROM_DEAD, {"name": self.name, "holder": self.holder, "dead": current,
+                                                 "lease": float(self.lease_sec)}).first()
+            if row is not None:
+                log.warning("took the %s lease from %s: that process no longer exists", self.name, current)
+            return None if row is None else int(row[0])
+
+    def acquire_or_take_from_dead(self) -> int | None:
+        return self.acquire() or self.take_from_dead()
 
     def release(self) -> None:
         with self.engine.begin() as conn:
@@ -140,7 +221,8 @@ async def run_as_leader(engine: Engine, name: str, start: StartFn, times: LeaseT
     async def attempt(timeout: float) -> int | None:
         """One acquire/renew, bounded in time (a hung database call counts as a failure; its thread may
         finish later, which is harmless: it can only extend a lease we then renew or let expire)."""
-        return await asyncio.wait_for(asyncio.to_thread(lease.acquire), timeout=timeout)
+        call = lease.acquire if tasks else lease.acquire_or_take_from_dead
+        return await asyncio.wait_for(asyncio.to_thread(call), timeout=timeout)
 
     try:
         while True:
