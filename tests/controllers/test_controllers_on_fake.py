@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from openpods.api.app import create_app
 from openpods.bootstrap import build_context, ensure_admin
@@ -119,6 +120,27 @@ async def test_engine_outage_leaves_pods_waiting_and_they_start_when_it_returns(
     await Spawner(ctx).pass_once()
     await Health(ctx).pass_once()
     assert pod(ctx, "patient").status == st.AVAILABLE
+
+
+async def test_a_database_outage_while_recording_a_spawn_is_retried_not_left_to_the_deadline(
+    site: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, client = site["ctx"], site["client"]
+    await create_pod(client, "dbdown")
+    spawner = Spawner(ctx, finish_retry_sec=(0.01, 0.02))
+    real_finish = Spawner._finish
+    failures = []
+
+    def finish_while_the_database_is_down(self: Spawner, *args: Any) -> bool:
+        if len(failures) < 3:  # the database is unreachable for the first three attempts
+            failures.append(args)
+            raise OperationalError("UPDATE pods ...", {}, ConnectionError("server closed the connection"))
+        return real_finish(self, *args)
+
+    monkeypatch.setattr(Spawner, "_finish", finish_while_the_database_is_down)
+    await spawner.pass_once()
+    assert len(failures) == 3
+    assert pod(ctx, "dbdown").status == st.CREATING  # not SPAWNER SETUP until stuck_deadline_sec (600 s here)
 
 
 async def test_refused_spec_is_error_and_temporary_failure_retries(site: dict[str, Any]) -> None:

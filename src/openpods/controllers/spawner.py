@@ -2,15 +2,19 @@
 REQUESTED + ON pods, so lost or duplicate messages change nothing. Each pod is claimed with an optimistic lock
 (REQUESTED → SPAWNER SETUP), its container is created idempotently (deterministic name + instance label), and
 only then is the pod marked CREATING. A spawner killed half-way leaves SPAWNER SETUP, which the health loop
-re-drives after its deadline; ensure_running then finds or replaces the container, never duplicating it."""
+re-drives after its deadline; ensure_running then finds or replaces the container, never duplicating it. A
+spawner that stays alive through a database outage keeps retrying the step that records the outcome, so its
+pods move on as soon as the database is back rather than after that deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from prometheus_client import Counter
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
@@ -31,10 +35,12 @@ SPAWNS = Counter("openpods_spawns_total", "Pod instances the spawner started, by
 
 
 class Spawner:
-    def __init__(self, ctx: AppContext, *, concurrency: int = 4, idle_rescan_sec: float = 10.0) -> None:
+    def __init__(self, ctx: AppContext, *, concurrency: int = 4, idle_rescan_sec: float = 10.0,
+                 finish_retry_sec: tuple[float, float] = (0.2, 5.0)) -> None:
         self.ctx = ctx
         self.concurrency = concurrency
         self.idle_rescan_sec = idle_rescan_sec
+        self.finish_retry_sec = finish_retry_sec  # first and longest pause between attempts to record an outcome
         self._inflight: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
@@ -130,6 +136,24 @@ class Spawner:
         except StaleDataError:
             return False
 
+    async def _record(self, tenant_id: str, pod_id: str, instance: str, status: str, message: str,
+                      host_ports: dict[str, int | str] | None = None) -> bool:
+        """:meth:`_finish`, retried while the database is unreachable (a temporary error), for as long as the
+        health loop would leave the pod in SPAWNER SETUP anyway; after that the health loop re-drives it."""
+        pause, longest = self.finish_retry_sec
+        give_up = time.monotonic() + self.ctx.settings.stuck_deadline_sec
+        while True:
+            try:
+                return await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, status, message,
+                                               host_ports)
+            except (OperationalError, InterfaceError) as exc:
+                if time.monotonic() + pause > give_up:
+                    raise
+                log.warning("could not record the spawn of %s/%s (%s); retrying in %.1f s", tenant_id, pod_id,
+                            exc.orig if exc.orig is not None else exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+
     async def spawn(self, tenant_id: str, pod_id: str) -> None:
         key = (tenant_id, pod_id)
         self._inflight.add(key)
@@ -140,7 +164,7 @@ class Spawner:
             instance, spec, pins = claim
             if isinstance(spec, str):
                 SPAWNS.labels("refused").inc()
-                await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.ERROR, spec)
+                await self._record(tenant_id, pod_id, instance, st.ERROR, spec)
                 return
             try:
                 await self._run_spec(tenant_id, pod_id, instance, spec)
@@ -153,23 +177,21 @@ class Spawner:
     async def _run_spec(self, tenant_id: str, pod_id: str, instance: str, spec: ContainerSpec) -> None:
         runtime = self.ctx.runtime
         if runtime is None:
-            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
-                                    self.ctx.runtime_problem or "No container runtime is available.")
+            await self._record(tenant_id, pod_id, instance, st.REQUESTED,
+                               self.ctx.runtime_problem or "No container runtime is available.")
             return
         try:
             state = await runtime.ensure_running(spec)
         except RuntimeErrorPermanent as exc:
             SPAWNS.labels("error").inc()
-            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.ERROR, str(exc))
+            await self._record(tenant_id, pod_id, instance, st.ERROR, str(exc))
             return
         except RuntimeFailure as exc:
             SPAWNS.labels("retry").inc()
             log.warning("spawn of %s/%s failed temporarily: %s", tenant_id, pod_id, exc)
-            await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.REQUESTED,
-                                    f"Waiting for the container engine: {exc}")
+            await self._record(tenant_id, pod_id, instance, st.REQUESTED, f"Waiting for the container engine: {exc}")
             return
         SPAWNS.labels("created").inc()
-        await asyncio.to_thread(self._finish, tenant_id, pod_id, instance, st.CREATING,
-                                "Container created.", state.backends())
+        await self._record(tenant_id, pod_id, instance, st.CREATING, "Container created.", state.backends())
         # The health loop turns CREATING into AVAILABLE: tell it now rather than at its next pass.
         self.ctx.bus.publish(Wakeup(HEALTH, tenant_id, pod_id))
