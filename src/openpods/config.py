@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         description="Slow down password guessing on /v3/oauth2/tokens and the pod login form (per user and per "
         "client address, shared by all API processes through the database).",
     )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Front proxies whose X-Forwarded-For/-Proto headers are believed (comma list of addresses or "
+        "CIDR networks, '*' for any): a request from one of them counts as coming from the address it forwards, "
+        "e.g. for the per-address login throttle. List only proxies that overwrite the header (Traefik does); "
+        "the default trusts the Traefik that OpenPods runs on this machine.",
+    )
     login_throttle_user_free_failures: int = Field(
         5, ge=1, description="Failed logins of one (tenant, username) before delays start, count."
     )

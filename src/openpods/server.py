@@ -48,6 +48,9 @@ async def serve_async(
             log_level="warning",
             access_log=False,
             lifespan="off",
+            # The client address (login throttle) is the forwarded one only behind a proxy we trust.
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

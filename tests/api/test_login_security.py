@@ -2,8 +2,8 @@
 processes), token revocation (logout, password change through API and CLI, `openpods users revoke`), pod
 login credentials refused by the API, and the Jupyter rules (reserved ids, ensure, uploads).
 
-Client addresses are varied with X-Forwarded-For: the test servers' uvicorn trusts it from 127.0.0.1, as it
-would from a local reverse proxy.
+Client addresses are varied with X-Forwarded-For: the test servers trust it from 127.0.0.1 (the default of
+``forwarded_allow_ips``, for the Traefik OpenPods runs on the same machine).
 """
 
 from __future__ import annotations
@@ -93,6 +93,20 @@ def test_password_guesses_per_address_are_delayed(throttled: Any) -> None:
     # another address is not affected; and a user's own success does not clear the address
     assert _token_request(srv, users[6], "pw", "10.3.0.1").status_code == 201
     _assert_429(_token_request(srv, users[7], "pw", address))
+
+
+def test_forwarded_addresses_count_only_from_trusted_proxies(make_server: Any) -> None:
+    """A client that is not a trusted proxy cannot pick the address it is throttled as: with no proxy trusted,
+    spoofed X-Forwarded-For values all count as the peer's own address."""
+    srv = make_server(forwarded_allow_ips="192.0.2.1", login_throttle_user_free_failures=50,
+                      login_throttle_ip_free_failures=3, login_throttle_base_delay_sec=30.0,
+                      login_throttle_max_delay_sec=30.0)
+    users = [_name("spoof") for _ in range(4)]
+    for user in users:
+        srv.add_user(user, "pw")
+    for i, user in enumerate(users[:3]):
+        assert _token_request(srv, user, "wrong", f"10.9.0.{i}").status_code == 401
+    _assert_429(_token_request(srv, users[3], "pw", "10.9.0.200"))  # a fresh "address", the same peer
 
 
 def test_throttling_holds_across_api_processes(throttled: Any, make_server: Any) -> None:

@@ -124,6 +124,19 @@ def test_roles_config_and_proxy_fit_together() -> None:
     assert settings.proxy_api_url == endpoint
     assert "--providers.http.headers.X-OpenPods-Proxy-Secret=$(PROXY_SECRET)" in args
 
+    # Only Traefik reaches the API, so the API believes the client address Traefik forwards (login throttle).
+    assert settings.forwarded_allow_ips == "*"
+    policy = find(docs, "NetworkPolicy", "op-openpods-api")
+    assert policy["spec"]["podSelector"]["matchLabels"] == find(docs, "Deployment", "op-openpods-api")[
+        "spec"]["selector"]["matchLabels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [peer["podSelector"]["matchLabels"] for peer in rule["from"]] == [labels]
+    # Without the policy (or without the chart's Traefik) no peer is believed.
+    for off in ({"api": {"networkPolicy": {"enabled": False}}}, {"traefik": {"enabled": False}}):
+        off_docs = render({**REQUIRED, **off})
+        assert settings_from(off_docs).forwarded_allow_ips == "127.0.0.1"
+        assert not [d for d in off_docs if d["kind"] == "NetworkPolicy"]
+
     # RBAC: exactly what the runtime does, in the pods' namespace
     role = find(docs, "Role", "op-openpods-pods")
     assert role["metadata"]["namespace"] == "openpods"

@@ -148,3 +148,14 @@ volumes:
         - {key: jwt-signing-key.pem, path: jwt-signing-key.pem}
         - {key: secrets.key, path: secrets.key}
 {{- end -}}
+
+{{/* the API's trusted forwarding peers: see api.forwardedAllowIps in values.yaml */}}
+{{- define "openpods.forwardedAllowIps" -}}
+{{- if .Values.api.forwardedAllowIps -}}
+{{- .Values.api.forwardedAllowIps -}}
+{{- else if and .Values.traefik.enabled .Values.api.networkPolicy.enabled -}}
+*
+{{- else -}}
+127.0.0.1
+{{- end -}}
+{{- end -}}
