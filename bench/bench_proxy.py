@@ -10,8 +10,10 @@ printed next to its baseline measured in the same run, as a ratio:
 1. **create → first 200 through the pod's URL** (baseline: the engine floor, a bare ``containers.run`` of the
    same image to its first HTTP answer, interleaved pod by pod), and **AVAILABLE → first 200** (target
    ≤ 150 ms p95), for each of ``--providers``: ``file`` (the one-machine default: routes pushed into Traefik's
-   watched directory) and ``http`` (Traefik polls ``/traefik-config`` every second: the cluster shape, and how
-   the one-machine shape worked before). The URL is probed from the ``POST`` on (new TLS connection per probe).
+   watched directory), ``http`` (Traefik polls ``/traefik-config`` every second: how the one-machine shape
+   worked before, and the chart's ``traefik.routes=poll``) and ``sync`` (the chart's default: a second Traefik
+   whose file provider is fed by ``openpods routes-sync`` long-polling ``/traefik-config``, in its own
+   process). The URL is probed from the ``POST`` on (new TLS connection per probe).
 2. **Throughput and latency through Traefik vs. directly**, and with Traefik's access log on (unbuffered and
    buffered; a second Traefik on the same routes): ``--requests`` GETs split over ``--clients`` processes
    (one keep-alive httpx client each), ``--rounds`` rounds, each in another order.
@@ -320,7 +322,7 @@ def phase_route_latency(
 class Standalone:
     """A second Traefik (own ports, own CA) on a copy of the server's routes file, e.g. with the access log on."""
 
-    def __init__(self, srv: Any, tmp: Path, name: str, **traefik: Any) -> None:
+    def __init__(self, srv: Any, tmp: Path, name: str, copy_routes: bool = True, **traefik: Any) -> None:
         import asyncio
         import shutil
         import threading
@@ -347,9 +349,10 @@ class Standalone:
         self.thread.start()
         self.supervisor = TraefikSupervisor(settings, tls_refresh_interval=None)
         asyncio.run_coroutine_threadsafe(self.supervisor.start(), self.loop).result(60)
-        dynamic = traefik_paths(settings).dynamic_dir
-        shutil.copy(routes_file(srv.settings, srv.ctx.proxy_secret), dynamic / ".pods.tmp")
-        (dynamic / ".pods.tmp").rename(dynamic / "pods.yml")
+        self.dynamic_dir = traefik_paths(settings).dynamic_dir
+        if copy_routes:
+            shutil.copy(routes_file(srv.settings, srv.ctx.proxy_secret), self.dynamic_dir / ".pods.tmp")
+            (self.dynamic_dir / ".pods.tmp").rename(self.dynamic_dir / "pods.yml")
 
     def stop(self) -> None:
         import asyncio
@@ -433,6 +436,31 @@ def phase_throughput(
     return summary
 
 
+class SyncedTraefik(Standalone):
+    """The cluster shape on one machine: a second Traefik whose file provider directory is kept up to date by
+    ``openpods routes-sync`` (its own process) long-polling the server's /traefik-config."""
+
+    def __init__(self, srv: Any, tmp: Path) -> None:
+        import subprocess
+        import sys
+
+        super().__init__(srv, tmp, "routes-sync", copy_routes=False)
+        out = self.dynamic_dir / "pods.yml"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from openpods.cli import app; app()", "routes-sync", "--out", str(out),
+             "--api-url", srv.url(""), "--secret", srv.ctx.proxy_secret, "--log-level", "warning"])
+        deadline = time.perf_counter() + 30
+        while not out.exists():
+            if time.perf_counter() > deadline or self.process.poll() is not None:
+                raise RuntimeError("openpods routes-sync wrote no routes file")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        super().stop()
+
+
 def phase_routes_and_throughput(
     args: argparse.Namespace, integration: ModuleType, factory: Any, tmp: Path
 ) -> dict[str, Any]:
@@ -441,9 +469,16 @@ def phase_routes_and_throughput(
         # http first (the baseline shape), then file, whose server also serves the throughput phase.
         throughput_on = "file" if "file" in args.providers else args.providers[-1]
         for provider in sorted(args.providers, key=lambda p: p != "http"):
-            srv = start_server(integration, factory, engine, proxy_provider=provider)
+            # "sync": the server's own Traefik polls (http); the probes go through a second Traefik fed by
+            # `openpods routes-sync` (the chart's default shape).
+            srv = start_server(integration, factory, engine, proxy_provider="http" if provider == "sync" else provider)
+            synced: SyncedTraefik | None = None
             try:
                 bench = ProxyBench(srv)
+                if provider == "sync":
+                    synced = SyncedTraefik(srv, tmp)
+                    bench.https_port = synced.https_port
+                    bench.ssl_context = ssl.create_default_context(cafile=str(synced.ca_file))
                 out[provider] = phase_route_latency(args, engine, bench, provider)
                 if provider == throughput_on and not args.skip_throughput:
                     out["load"] = phase_throughput(args, srv, bench, out[provider]["pods"][0], tmp)
@@ -453,6 +488,8 @@ def phase_routes_and_throughput(
                 while bench.http.get("/v3/pods").json()["result"] and time.perf_counter() < deadline:
                     time.sleep(0.2)  # the next server starts on a quiet engine
             finally:
+                if synced is not None:
+                    synced.stop()
                 srv.stop()  # one server per engine at a time; also: one per process (shared config cache)
     return out
 
@@ -774,7 +811,9 @@ def main() -> int:
     parser.add_argument("--skip-containers", action="store_true", help="only phase 3")
     parser.add_argument("--skip-throughput", action="store_true", help="no phase 2")
     parser.add_argument(
-        "--providers", default="file,http", help="proxy_provider values for phase 1 (default file,http)"
+        "--providers", default="file,http,sync",
+        help="phase 1 route shapes (default file,http,sync): proxy_provider file or http, or sync (a Traefik "
+             "fed by `openpods routes-sync`)"
     )
     parser.add_argument(
         "--config-changes", type=int, default=20, help="pod changes timed in phase 3 (default 20)"

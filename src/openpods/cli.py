@@ -137,6 +137,28 @@ _role_command("health", ("health",),
               "may run: one leads (a lease in PostgreSQL), the others stand by and take over when it dies.")
 
 
+@app.command("routes-sync")
+def routes_sync(
+    out: Annotated[Path, typer.Option(help="The routes file to keep up to date, in the directory Traefik's file "
+                                           "provider watches.")],
+    api_url: Annotated[str, typer.Option(envvar="OPENPODS_PROXY_API_URL",
+                                         help="Base URL of the OpenPods API, as Traefik reaches it.")],
+    secret: Annotated[str, typer.Option(envvar="OPENPODS_PROXY_SECRET", show_default=False,
+                                        help="The proxy secret (X-OpenPods-Proxy-Secret).")],
+    wait: Annotated[float, typer.Option(min=1, max=300, help="Long-poll duration, seconds.")] = 30.0,
+    include: Annotated[Path | None, typer.Option(help="A directory of static Traefik config files (e.g. a "
+                                                      "mounted ConfigMap) to copy next to the routes file once "
+                                                      "at start.")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Write the API's Traefik routes to a file as soon as they change (a sidecar of a Traefik that runs apart
+    from the API: the cluster shape)."""
+    from openpods.proxy import routes_sync as sync
+
+    _logging(log_level)
+    sync.run(api_url, secret, out, wait_sec=wait, include=include)
+
+
 @app.command("ca-cert")
 def ca_cert(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Print the local CA certificate that signs pod URLs (give it to clients to verify)."""

@@ -112,17 +112,38 @@ def test_roles_config_and_proxy_fit_together() -> None:
         assert dep["spec"]["selector"]["matchLabels"] == dep["spec"]["template"]["metadata"]["labels"]
     find(docs, "PersistentVolumeClaim", "op-openpods-storage")
 
-    # Traefik: its pods carry the labels each pod's NetworkPolicy admits; it polls the API Service.
+    # Traefik: its pods carry the labels each pod's NetworkPolicy admits. By default a routes-sync container
+    # long-polls the API Service and writes the routes (and the static API router) where Traefik's file
+    # provider watches; no HTTP provider.
     traefik = find(docs, "Deployment", "op-openpods-traefik")
     labels = traefik["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in settings.kubernetes_proxy_pod_labels.items())
     assert settings.kubernetes_proxy_namespace == "openpods"
     api_svc = find(docs, "Service", "op-openpods-api")
-    args = traefik["spec"]["template"]["spec"]["containers"][0]["args"]
     endpoint = f"http://{api_svc['metadata']['name']}.openpods.svc:{api_svc['spec']['ports'][0]['port']}"
-    assert f"--providers.http.endpoint={endpoint}/traefik-config" in args
     assert settings.proxy_api_url == endpoint
-    assert "--providers.http.headers.X-OpenPods-Proxy-Secret=$(PROXY_SECRET)" in args
+    proxy_pod = traefik["spec"]["template"]["spec"]
+    traefik_c, sync_c = proxy_pod["containers"]
+    assert "--providers.file.directory=/etc/traefik/dynamic" in traefik_c["args"]
+    assert not [a for a in traefik_c["args"] if a.startswith("--providers.http")]
+    assert sync_c["command"][:2] == ["openpods", "routes-sync"]
+    out = sync_c["command"][sync_c["command"].index("--out") + 1]
+    include = sync_c["command"][sync_c["command"].index("--include") + 1]
+    mounts = {m["name"]: m for m in sync_c["volumeMounts"]}
+    assert out.startswith(mounts["dynamic"]["mountPath"] + "/") and not mounts["dynamic"].get("readOnly")
+    assert mounts["static"]["mountPath"] == include
+    volumes = {v["name"]: v for v in proxy_pod["volumes"]}
+    assert "emptyDir" in volumes["dynamic"]
+    assert volumes["static"]["configMap"]["name"] == "op-openpods-traefik-dynamic"
+    sync_env = {e["name"]: e for e in sync_c["env"]}
+    assert sync_env["OPENPODS_PROXY_API_URL"]["value"] == endpoint
+    assert sync_env["OPENPODS_PROXY_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "op-openpods-secrets",
+                                                                             "key": "proxy-secret"}
+    # routes: poll is Traefik's HTTP provider, as before.
+    polled = find(render({**REQUIRED, "traefik": {"routes": "poll"}}), "Deployment", "op-openpods-traefik")
+    (only,) = polled["spec"]["template"]["spec"]["containers"]
+    assert f"--providers.http.endpoint={endpoint}/traefik-config" in only["args"]
+    assert "--providers.http.headers.X-OpenPods-Proxy-Secret=$(PROXY_SECRET)" in only["args"]
 
     # Only Traefik reaches the API, so the API believes the client address Traefik forwards (login throttle).
     assert settings.forwarded_allow_ips == "*"
@@ -187,6 +208,7 @@ def test_existing_secrets_and_generated_ones() -> None:
     ({**REQUIRED, "api": {"replicas": "two"}}, "replicas"),  # values.schema.json
     ({**REQUIRED, "pods": {"imagePullPolicy": "Sometimes"}}, "imagePullPolicy"),
     ({**REQUIRED, "extraEnv": {"CPU_MAX": "8000"}}, "OPENPODS_"),
+    ({**REQUIRED, "traefik": {"routes": "push"}}, "routes"),
 ])
 def test_missing_or_inconsistent_values_fail_with_a_clear_message(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message.replace(".", r"\.")):

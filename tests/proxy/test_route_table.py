@@ -440,3 +440,85 @@ def test_endpoint_serves_published_bytes_with_etag_and_reports_without_polls(mak
     wait_for(lambda: ctx.proxy_config.response()[1] != etag, "a new config")
     changed = client.get("/traefik-config", headers={SECRET_HEADER: ctx.proxy_secret, "If-None-Match": etag})
     assert changed.status_code == 200 and objects_of(changed.json(), "another")
+
+
+def test_long_poll_answers_when_the_config_changes_and_304_when_the_wait_runs_out(make_server: Any) -> None:
+    srv = make_server(roles={"api"})
+    ctx = srv.ctx
+    add_pod(ctx, "first", 1)
+    wait_for(lambda: objects_of(json.loads(ctx.proxy_config.response()[0]), "first"), "the first pod's route")
+    client = srv.client()
+    headers = {SECRET_HEADER: ctx.proxy_secret}
+    etag = client.get("/traefik-config", headers=headers).headers["etag"]
+    # Nothing changes: held for the whole wait, then 304.
+    r = client.get("/traefik-config", params={"wait": 0.5}, headers={**headers, "If-None-Match": etag})
+    assert r.status_code == 304
+    # A change while the poll is held: answered with the new config (a wait of 10 minutes would otherwise
+    # outlast the client's timeout below).
+    answer: list[Any] = []
+    poll = threading.Thread(target=lambda: answer.append(srv.client(timeout=120).get(
+        "/traefik-config", params={"wait": 300}, headers={**headers, "If-None-Match": etag})))
+    poll.start()
+    time.sleep(0.3)
+    assert not answer  # held
+    add_pod(ctx, "second", 2)
+    poll.join(60)
+    assert answer and answer[0].status_code == 200
+    assert answer[0].headers["etag"] != etag and objects_of(answer[0].json(), "second")
+    # An ETag that is not the current one is answered at once; bad waits are a 400 in the envelope.
+    assert client.get("/traefik-config", params={"wait": 300},
+                      headers={**headers, "If-None-Match": '"old"'}).status_code == 200
+    for bad in ("-1", "301", "soon"):
+        r = client.get("/traefik-config", params={"wait": bad}, headers={**headers, "If-None-Match": etag})
+        assert r.status_code == 400 and r.json()["status"] == "error", (bad, r.text)
+    assert client.get("/traefik-config", params={"wait": 1}, headers={SECRET_HEADER: "x", "If-None-Match": etag}
+                      ).status_code == 401
+
+
+def test_routes_sync_writes_each_change_to_the_file(make_server: Any, tmp_path: Path) -> None:
+    from openpods.proxy import routes_sync
+
+    srv = make_server(roles={"api"})
+    ctx = srv.ctx
+    out = tmp_path / "dynamic" / "pods.yml"
+    static = tmp_path / "configmap"  # shaped like a mounted ConfigMap
+    (static / "..2026_12_01").mkdir(parents=True)
+    (static / "..2026_12_01" / "api.yaml").write_text("http: {}\n")
+    (static / "..data").symlink_to("..2026_12_01")
+    (static / "api.yaml").symlink_to("..data/api.yaml")
+    (static / "README").write_text("not a config file")
+    stop = threading.Event()
+    thread = threading.Thread(target=routes_sync.run, args=(srv.url(""), ctx.proxy_secret, out),
+                              kwargs={"wait_sec": 60.0, "stop": stop, "include": static}, daemon=True)
+    thread.start()
+    try:
+        wait_for(out.exists, "the first routes file")
+        add_pod(ctx, "synced", 1)
+        wait_for(lambda: objects_of(json.loads(out.read_bytes()), "synced"), "the new pod in the file")
+        change(ctx, "synced", status_requested="OFF")
+        wait_for(lambda: not objects_of(json.loads(out.read_bytes()), "synced"), "the stopped pod to go")
+        assert json.loads(out.read_bytes()) == json.loads(ctx.proxy_config.response()[0])
+        # the static file copied once; no temporary left behind
+        assert sorted(p.name for p in out.parent.iterdir()) == ["api.yaml", "pods.yml"]
+        assert (out.parent / "api.yaml").read_text() == "http: {}\n"
+    finally:
+        stop.set()
+        add_pod(ctx, "wake", 2)  # ends the held poll
+        thread.join(30)
+
+
+def test_routes_sync_keeps_the_last_good_file_and_retries(tmp_path: Path) -> None:
+    from openpods.proxy import routes_sync
+
+    out = tmp_path / "pods.yml"
+    out.write_text('{"http": {}}')
+    stop = threading.Event()
+    # Nothing listens on this port: errors are retried, the file is left as it was.
+    thread = threading.Thread(target=routes_sync.run, args=("http://127.0.0.1:9", "s", out),
+                              kwargs={"retry_sec": (0.01, 0.05), "stop": stop}, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert out.read_text() == '{"http": {}}'

@@ -153,6 +153,11 @@ def _assemble_json(members: dict[str, list[bytes]]) -> bytes:
     return b"{" + b"".join(pieces) + b"}"
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class RouteTable:
     """The Traefik dynamic config of this site, kept in memory and updated incrementally.
 
@@ -167,7 +172,7 @@ class RouteTable:
       (:meth:`attach` listens on the session factory) and every ``interval`` seconds for changes made by other
       processes (cluster shape) or straight in the database.
     - :meth:`response` is what ``/traefik-config`` serves: the published bytes and their ETag, never rendered
-      on the request path.
+      on the request path; :meth:`wait_for_change` holds a long-poll (``?wait=``) until the next publish.
 
     Nothing is persisted: after a restart the first sync rebuilds everything from the database.
     """
@@ -202,6 +207,9 @@ class RouteTable:
         self._report_failed = False
         self._last_errors: dict[tuple[str, str], list[str]] = {}
         self._wake = threading.Event()
+        # Long-polls of /traefik-config (routes-sync): futures on their event loops, woken by each publish.
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_lock = threading.Lock()
         self.running = False
@@ -286,6 +294,32 @@ class RouteTable:
         gz = self._gzip
         return gz[1] if gz is not None and gz[0] == etag else None
 
+    async def wait_for_change(self, etag: str, timeout: float) -> None:
+        """Return once the published config's ETag is not ``etag`` (at once if it already is not), or after
+        ``timeout`` seconds. A long-poll: the config's consumer asks again right away and so sees each change as
+        soon as it is published, with no request in between."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        with self._waiters_lock:  # the publisher swaps the config before taking this lock: no lost wake-up
+            published = self._published
+            if published is not None and published[1] != etag:
+                return
+            self._waiters.append((loop, waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._waiters_lock, contextlib.suppress(ValueError):
+                self._waiters.remove((loop, waiter))
+
+    def _wake_waiters(self) -> None:
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop has closed: its request is gone
+                loop.call_soon_threadsafe(_resolve, waiter)
+
     def response(self, timeout: float = 10.0) -> tuple[bytes, str] | None:
         """(body, ETag) of the published config. Before the first sync: waits for the background task, or
         syncs right here when no task runs (an app used without the controllers' runner). ``None``: not ready."""
@@ -347,6 +381,7 @@ class RouteTable:
                 self._published_event.set()
                 if self.file_path is not None:
                     self._write_file(body)
+                self._wake_waiters()
             if published and self._gzip_wanted:
                 self._compress()
             self._last_errors = errors

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hmac
 import html
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import Form, Request
+from fastapi import Form, Query, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from openpods.api.deps import Caller, Ctx, identity_from_token, require_site_admin
@@ -42,6 +43,7 @@ from openpods.store.tables import Pod
 
 router = api_router()
 SECRET_HEADER = "X-OpenPods-Proxy-Secret"
+MAX_WAIT_SEC = 300.0
 COOKIE = pa.SESSION_COOKIE
 
 
@@ -63,11 +65,21 @@ def _config_response(ctx: AppContext, request: Request) -> Response:
 
 
 @router.get("/traefik-config", operation_id="traefik_config", summary="traefik_config")
-def traefik_config(ctx: Ctx, request: Request) -> Response:
-    """Traefik's HTTP provider endpoint (not enveloped), guarded by the shared secret header."""
-    if request.headers.get(SECRET_HEADER) != ctx.proxy_secret:
+async def traefik_config(
+    ctx: Ctx, request: Request,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SEC, description="Long-poll: with If-None-Match, hold the "
+                                 "request up to this many seconds until the config changes (then 200 with the "
+                                 "new one), else 304.")] = 0,
+) -> Response:
+    """Traefik's HTTP provider endpoint (not enveloped), guarded by the shared secret header. ``openpods
+    routes-sync`` long-polls it (``wait``) to hand each change to Traefik's file provider at once."""
+    if not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), ctx.proxy_secret.encode()):
         raise Unauthorized(f"The {SECRET_HEADER} header is missing or wrong.")
-    return _config_response(ctx, request)
+    etag = request.headers.get("if-none-match")
+    if wait and etag and ctx.proxy_config.running:
+        await ctx.proxy_config.wait_for_change(etag, wait)
+    # Ready (published) after the first sync; before it, response() may block for a while: not on the loop.
+    return await run_in_threadpool(_config_response, ctx, request)
 
 
 @router.get("/v3/pods/traefik-config", include_in_schema=False)
