@@ -4,6 +4,7 @@ database, off the request path. Runs against SQLite and PostgreSQL (``database_u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
@@ -11,16 +12,19 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from openpods.bootstrap import build_context
 from openpods.config import Settings
 from openpods.context import AppContext
 from openpods.domain.traefik_config import PodRoutes, render_dynamic_config
 from openpods.services.proxy import RouteTable, make_route_table, render_settings
+from openpods.store import db
 from openpods.store.tables import ActionLog, Pod
 
 SECRET_HEADER = "X-OpenPods-Proxy-Secret"
@@ -367,31 +371,57 @@ def test_a_restarted_process_rebuilds_the_same_routes_from_the_database(
     assert proxy_logs(ctx, "broken") == logs_before
 
 
-def test_a_committed_pod_change_wakes_the_background_sync(ctx: AppContext) -> None:
-    """The background task syncs on every commit that wrote a pod in this process — here with a periodic
-    interval of an hour, so only the wake-up can explain the new route."""
-    table = ctx.proxy_config
+@contextlib.contextmanager
+def running(table: RouteTable, interval: float = 3600.0) -> Iterator[None]:
+    """The table's background task in a loop of its own (an hour between periodic checks by default, so that
+    only a wake-up can explain a new route)."""
     loop = asyncio.new_event_loop()
     task: list[asyncio.Task[None]] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        task.append(loop.create_task(table.run(3600.0)))
+        task.append(loop.create_task(table.run(interval)))
         loop.run_forever()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         wait_for(lambda: table.running and table.generation >= 1, "the first sync")
-        add_pod(ctx, "newpod", 3)
-        wait_for(lambda: objects_of(config(table), "newpod"), "the new pod's route")
-        change(ctx, "newpod", status_requested="OFF")
-        wait_for(lambda: not objects_of(config(table), "newpod"), "the stopped pod's route to go")
+        yield
     finally:
         loop.call_soon_threadsafe(task[0].cancel)
         time.sleep(0.1)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_a_committed_pod_change_wakes_the_background_sync(ctx: AppContext) -> None:
+    """The background task syncs on every commit that wrote a pod in this process."""
+    table = ctx.proxy_config
+    with running(table):
+        add_pod(ctx, "newpod", 3)
+        wait_for(lambda: objects_of(config(table), "newpod"), "the new pod's route")
+        change(ctx, "newpod", status_requested="OFF")
+        wait_for(lambda: not objects_of(config(table), "newpod"), "the stopped pod's route to go")
+
+
+def test_a_change_committed_elsewhere_wakes_the_sync_on_postgresql(ctx: AppContext, database_url: str) -> None:
+    """Another process's commit (here: another engine, which the table's commit hook does not see) reaches the
+    table through the pods' NOTIFY trigger, long before the hourly periodic check."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite has one process")
+    table = ctx.proxy_config
+    other = db.make_engine(database_url)
+    elsewhere = SimpleNamespace(sessions=sessionmaker(other))
+    try:
+        with running(table):
+            wait_for(lambda: table.listening, "the LISTEN connection")
+            add_pod(elsewhere, "fromafar", 3)  # type: ignore[arg-type]
+            wait_for(lambda: objects_of(config(table), "fromafar"), "the route of a pod made elsewhere")
+            change(elsewhere, "fromafar", status_requested="OFF")  # type: ignore[arg-type]
+            wait_for(lambda: not objects_of(config(table), "fromafar"), "its route to go")
+    finally:
+        other.dispose()
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> None:

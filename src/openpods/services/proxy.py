@@ -158,6 +158,9 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+PODS_CHANNEL = "openpods_pods"  # NOTIFY channel of the pods' change trigger (migration 0012)
+
+
 class RouteTable:
     """The Traefik dynamic config of this site, kept in memory and updated incrementally.
 
@@ -213,6 +216,7 @@ class RouteTable:
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_lock = threading.Lock()
         self.running = False
+        self.listening = False  # LISTENing for other processes' pod changes (PostgreSQL)
 
     # --- wake-ups ---------------------------------------------------------------------------------------
 
@@ -247,19 +251,54 @@ class RouteTable:
         """Keep the table up to date until cancelled: a thread of its own syncs now, then on every wake-up
         (only the pods named) and at least every ``interval`` seconds (a cheap check of the whole table, for
         changes made by other processes or straight in the database). A thread rather than the event loop:
-        a wake-up reaches it in one hop, and the loop never waits for a render."""
+        a wake-up reaches it in one hop, and the loop never waits for a render. On PostgreSQL a second thread
+        LISTENs for the pods' change notifications (a trigger, migration 0012), so changes other processes
+        commit wake the sync at once too; the periodic check stays as the safety net."""
         stop = threading.Event()
-        thread = threading.Thread(target=self._sync_forever, args=(interval, stop), name="proxy-routes",
-                                  daemon=True)
+        threads = [threading.Thread(target=self._sync_forever, args=(interval, stop), name="proxy-routes",
+                                    daemon=True)]
+        engine = self.sessions.kw.get("bind")
+        if engine is not None and engine.dialect.name == "postgresql":
+            threads.append(threading.Thread(target=self._listen_forever, args=(engine, stop),
+                                            name="proxy-routes-listen", daemon=True))
         self.running = True
-        thread.start()
+        for thread in threads:
+            thread.start()
         try:
             await asyncio.Event().wait()  # until cancelled
         finally:
             stop.set()
             self._wake.set()
-            await asyncio.to_thread(thread.join, 30)
+            for thread in threads:
+                await asyncio.to_thread(thread.join, 30)
             self.running = False
+
+    def _listen_forever(self, engine: Any, stop: threading.Event, *, poll_sec: float = 0.5) -> None:
+        import psycopg
+
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        pause = 0.5
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {PODS_CHANNEL}")
+                    self.listening = True
+                    self.notify()  # whatever changed while nobody listened: the cheap whole-table check
+                    pause = 0.5
+                    while not stop.is_set():
+                        # Bounded, so that a stop is seen within poll_sec.
+                        for note in conn.notifies(timeout=poll_sec, stop_after=256):
+                            tenant_id, _, pod_id = note.payload.partition("\t")
+                            self.notify([(tenant_id, pod_id)])
+            except Exception as exc:
+                if stop.is_set():
+                    break
+                log.warning("not listening for pod changes (%s); retrying in %.1f s (the periodic check "
+                            "still runs)", exc, pause)
+                stop.wait(pause)
+                pause = min(pause * 2, 10.0)
+            finally:
+                self.listening = False
 
     def _sync_forever(self, interval: float, stop: threading.Event) -> None:
         while not stop.is_set():
