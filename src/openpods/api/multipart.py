@@ -1,15 +1,25 @@
 """Streaming multipart: the bytes of one file part as they arrive, so an upload can be checked (size limit)
-while it streams and refused early, instead of being spooled whole to a temporary file first."""
+while it streams and refused early, instead of being spooled whole to a temporary file first
+(:func:`file_part_chunks`); or written once to a temporary file together with its small text parts, for
+uploads whose destination needs the whole file (:func:`spool_upload`: a container's archive API needs the
+size before the content)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from openpods.api.envelope import BadRequest
+from openpods.storage.spool import new_locked_file
 
 
 async def file_part_chunks(request: Request, field: str = "file") -> AsyncIterator[bytes]:
@@ -69,3 +79,126 @@ async def file_part_chunks(request: Request, field: str = "file") -> AsyncIterat
         yield out.pop(0)
     if not state["found"]:
         raise BadRequest(["file: a complete file part named 'file' is required."])
+
+
+@dataclass
+class SpooledUpload:
+    """A file part written to one temporary file, and the small text parts that came with it."""
+
+    path: str
+    size: int
+    filename: str | None
+    fields: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def spool_upload(request: Request, directory: Path, text_fields: Collection[str], *, field: str = "file",
+                       max_text_bytes: int = 4096, max_parts: int = 8,
+                       batch_bytes: int = 1 << 20) -> AsyncIterator[SpooledUpload]:
+    """Read a multipart upload once: the part ``field`` streams into a temporary file in ``directory`` (written
+    in batches off the event loop; the body is never held whole in memory or spooled twice), and each part
+    named in ``text_fields`` — a plain field or, as tapipy sends them, a file part — is kept as UTF-8 text of at
+    most ``max_text_bytes``. Other parts are skipped. BadRequest for a body without the file part, a malformed
+    body, more than ``max_parts`` parts, or a text part that is too long or not UTF-8. The temporary file is
+    removed on exit; one that a killed process left is found by its free lock (``storage.spool``)."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    missing = BadRequest([f"{field}: a file part named '{field}' is required."])
+    if content_type != b"multipart/form-data" or not boundary:
+        raise missing
+    fd, tmp = await asyncio.to_thread(new_locked_file, directory)  # locked while the upload runs
+    out = os.fdopen(fd, "wb")
+    pending: list[bytes] = []
+    texts: dict[str, bytearray] = {}
+    state: dict[str, Any] = {"header": b"", "value": b"", "disposition": b"", "parts": 0, "target": None,
+                             "filename": None, "found": False, "size": 0, "pending": 0}
+    problems: list[str] = []
+
+    def on_part_begin() -> None:
+        state.update(header=b"", value=b"", disposition=b"", target=None)
+        state["parts"] += 1
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        if state["header"].lower() == b"content-disposition":
+            state["disposition"] = state["value"]
+        state.update(header=b"", value=b"")
+
+    def on_headers_finished() -> None:
+        _, options = parse_options_header(state["disposition"])
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name == field and not state["found"]:
+            state["target"] = field
+            raw_name = options.get(b"filename")
+            state["filename"] = raw_name.decode("utf-8", "replace") if raw_name is not None else None
+        elif name in text_fields and name not in texts:
+            state["target"] = name
+            texts[name] = bytearray()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        target = state["target"]
+        if target == field:
+            chunk = bytes(data[start:end])
+            pending.append(chunk)
+            state["pending"] += len(chunk)
+            state["size"] += len(chunk)
+        elif target is not None:
+            text = texts[target]
+            text += data[start:min(end, start + max_text_bytes + 1 - len(text))]
+            if len(text) > max_text_bytes:
+                problems.append(f"{target}: must be at most {max_text_bytes} bytes.")
+                state["target"] = None
+
+    def on_part_end() -> None:
+        if state["target"] == field:
+            state["found"] = True
+        state["target"] = None
+
+    parser = MultipartParser(boundary, callbacks={
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+
+    async def flush() -> None:
+        if pending:
+            batch = b"".join(pending)
+            pending.clear()
+            state["pending"] = 0
+            await asyncio.to_thread(out.write, batch)
+
+    try:
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if state["parts"] > max_parts:
+                    raise BadRequest([f"the form has more than {max_parts} parts."])
+                if problems:
+                    raise BadRequest(problems[:1])
+                if state["pending"] >= batch_bytes:
+                    await flush()
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise BadRequest([f"{field}: the multipart body is malformed ({exc})."]) from None
+        if problems:
+            raise BadRequest(problems[:1])
+        await flush()
+        await asyncio.to_thread(out.flush)  # kept open: the lock marks the file as in use until the end
+        if not state["found"]:
+            raise missing
+        fields: dict[str, str] = {}
+        for name, raw in texts.items():
+            try:
+                fields[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest([f"{name}: must be UTF-8 text."]) from None
+        yield SpooledUpload(path=tmp, size=state["size"], filename=state["filename"], fields=fields)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        out.close()

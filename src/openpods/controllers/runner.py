@@ -181,10 +181,14 @@ async def start_proxy(ctx: AppContext, controllers: Controllers) -> None:
 
 
 async def storage_housekeeping(ctx: AppContext) -> None:
-    """On start and then periodically: remove the temporary files of uploads that a killed process left."""
+    """On start and then periodically: remove the temporary files of uploads that a killed process left (in
+    volumes, and the spool of uploads into pods)."""
+    from openpods.storage import spool
+
     while True:
         try:
             removed = await asyncio.to_thread(ctx.storage.clean_upload_leftovers)
+            removed += await asyncio.to_thread(spool.remove_stale, spool.spool_dir(ctx.settings.data_dir))
             if removed:
                 log.info("removed %d temporary upload files left by interrupted uploads", removed)
         except Exception:

@@ -13,12 +13,12 @@ import asyncio
 from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, Conflict, NotFound, ok
-from openpods.api.routers.pod_runtime import _log, _runtime, copy_into_container, form_text
+from openpods.api.multipart import spool_upload
+from openpods.api.routers.pod_runtime import _log, _runtime, copy_into_container
 from openpods.api.routers.pods import create_pod, load_pod
 from openpods.api.routing import api_router
 from openpods.domain import templates as tpl
@@ -26,6 +26,7 @@ from openpods.domain.container_spec import container_name
 from openpods.domain.models import NewPod
 from openpods.domain.permissions import Level
 from openpods.domain.pods import jupyter_pod_id
+from openpods.storage.spool import spool_dir
 from openpods.store.db import transaction
 from openpods.store.tables import ActionLog, Pod, Template
 
@@ -112,20 +113,15 @@ async def upload_to_jupyter(ctx: Ctx, caller: Caller, pod_id: str, request: Requ
 
     await asyncio.to_thread(check)
     runtime = _runtime(ctx)
-    form = await request.form(max_files=2, max_fields=5)  # tapipy sends `path` as a file part too
-    try:
-        upload, path = form.get("file"), await form_text(form, "path")
-        if not isinstance(upload, UploadFile):
-            raise BadRequest(["file: a file part named 'file' is required."])
-        rel = (path if isinstance(path, str) and path else upload.filename or "").strip("/")
+    # tapipy sends `path` as a file part too; the file is read once into one spool file.
+    async with spool_upload(request, spool_dir(ctx.settings.data_dir), ("path",)) as upload:
+        rel = (upload.fields.get("path") or upload.filename or "").strip("/")
         if not rel or "\x00" in rel or ".." in rel.split("/"):
             raise BadRequest(
                 ["path: a relative path inside the Jupyter home directory is required (no '..')."]
             )
         dest = f"{JUPYTER_HOME}/{rel}"
         name = container_name(caller.tenant_id, pod_id, ctx.installation_id)
-        size = await copy_into_container(ctx, runtime, name, upload, dest)
-    finally:
-        await form.close()
+        size = await copy_into_container(runtime, name, upload, dest)
     await asyncio.to_thread(_log, ctx, caller, pod_id, f"'{caller.username}' uploaded a file of {size} bytes to {dest}")
     return ok({"path": dest}, f"File uploaded to {dest}.")

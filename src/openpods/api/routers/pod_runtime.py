@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from openpods.api.deps import Caller, Ctx
 from openpods.api.envelope import BadRequest, Conflict, TapisError, ok
+from openpods.api.multipart import SpooledUpload, spool_upload
 from openpods.api.routers.pods import load_pod
 from openpods.api.routing import api_router
 from openpods.auth.tokens import Identity
@@ -26,6 +23,7 @@ from openpods.domain.models import ExecutePodCommands
 from openpods.domain.permissions import Level
 from openpods.runtimes.base import BadDestination, ContainerNotRunning, RuntimeFailure
 from openpods.services import pods as pod_svc
+from openpods.storage.spool import spool_dir
 from openpods.store import repo
 from openpods.store.db import transaction
 
@@ -118,68 +116,34 @@ async def exec_pod_commands(ctx: Ctx, caller: Caller, pod_id: str, body: Execute
     )
 
 
-async def copy_into_container(ctx: AppContext, runtime: Any, name: str, upload: UploadFile, dest: str) -> int:
-    """Spool an uploaded file to disk (never whole in memory) and copy it into the container through the
-    engine's archive API (no shell needed in the image). Returns its size."""
-    fd, tmp = tempfile.mkstemp(prefix="openpods-upload-", dir=ctx.settings.data_dir)
+async def copy_into_container(runtime: Any, name: str, upload: SpooledUpload, dest: str) -> int:
+    """Copy a spooled upload into the container through the engine's archive API (no shell needed in the
+    image). Returns its size."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := await upload.read(1024 * 1024):
-                await asyncio.to_thread(out.write, chunk)
-        size = os.path.getsize(tmp)
-        try:
-            await runtime.put_file(name, dest, tmp)
-        except BadDestination as exc:
-            raise BadRequest([f"dest_path: {exc}"]) from None
-        except ContainerNotRunning:
-            raise Conflict("The pod has no running container.") from None
-        except RuntimeFailure as exc:
-            raise TapisError(f"Container engine error: {exc}", 503) from None
-        return size
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-MAX_FORM_TEXT = 4096
-
-
-async def form_text(form: Any, name: str) -> str | None:
-    """A text part of a multipart form, sent either as a plain field or as a file part: tapipy (through
-    requests' ``files=``) sends every form parameter of an upload, e.g. ``dest_path``, as a file part."""
-    value = form.get(name)
-    if isinstance(value, UploadFile):
-        raw = await value.read(MAX_FORM_TEXT + 1)
-        if len(raw) > MAX_FORM_TEXT:
-            raise BadRequest([f"{name}: must be at most {MAX_FORM_TEXT} bytes."])
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest([f"{name}: must be UTF-8 text."]) from None
-    return value
+        await runtime.put_file(name, dest, upload.path)
+    except BadDestination as exc:
+        raise BadRequest([f"dest_path: {exc}"]) from None
+    except ContainerNotRunning:
+        raise Conflict("The pod has no running container.") from None
+    except RuntimeFailure as exc:
+        raise TapisError(f"Container engine error: {exc}", 503) from None
+    return upload.size
 
 
 @router.post("/{pod_id}/upload_to_pod", operation_id="upload_to_pod", summary="upload_to_pod")
 async def upload_to_pod(ctx: Ctx, caller: Caller, pod_id: str, request: Request) -> JSONResponse:
     await asyncio.to_thread(_running_pod, ctx, caller, pod_id)
     runtime = _runtime(ctx)
-    # The multipart parser spools file parts to disk (never the whole file in memory). Two file parts: the
-    # file and, from tapipy, dest_path.
-    form = await request.form(max_files=2, max_fields=5)
-    try:
-        upload = form.get("file")
-        dest_path = await form_text(form, "dest_path")
-        if not isinstance(upload, UploadFile):
-            raise BadRequest(["file: a file part named 'file' is required."])
-        if not isinstance(dest_path, str) or not dest_path:
+    # The body is read once: the file to one spool file, dest_path (tapipy sends it as a file part) as text.
+    async with spool_upload(request, spool_dir(ctx.settings.data_dir), ("dest_path",)) as upload:
+        dest_path = upload.fields.get("dest_path")
+        if not dest_path:
             raise BadRequest(["dest_path: the destination path in the pod is required."])
         if not dest_path.startswith("/") or "\x00" in dest_path or ".." in dest_path.split("/"):
             raise BadRequest(["dest_path: must be an absolute path without '..' segments."])
         size = await copy_into_container(
-            ctx, runtime, container_name(caller.tenant_id, pod_id, ctx.installation_id), upload, dest_path
+            runtime, container_name(caller.tenant_id, pod_id, ctx.installation_id), upload, dest_path
         )
-    finally:
-        await form.close()
     await asyncio.to_thread(
         _log, ctx, caller, pod_id, f"'{caller.username}' uploaded a file of {size} bytes to {dest_path}"
     )
