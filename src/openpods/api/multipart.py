@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,42 @@ from openpods.api.envelope import BadRequest
 from openpods.storage.spool import new_locked_file
 
 
+class _PartHeaders:
+    """Follows a streaming parser through each part's headers; ``on_part`` gets the part's Content-Disposition
+    options (``name``, ``filename``, as bytes) once they are complete."""
+
+    def __init__(self, on_part: Callable[[dict[bytes, bytes]], None]) -> None:
+        self.on_part = on_part
+        self.parts = 0  # parts begun so far
+        self._header = self._value = self._disposition = b""
+
+    def parser(self, boundary: bytes, on_part_data: Callable[[bytes, int, int], None],
+               on_part_end: Callable[[], None]) -> MultipartParser:
+        return MultipartParser(boundary, callbacks={
+            "on_part_begin": self._begin, "on_header_field": self._field, "on_header_value": self._value_part,
+            "on_header_end": self._header_end, "on_headers_finished": self._finished,
+            "on_part_data": on_part_data, "on_part_end": on_part_end,
+        })
+
+    def _begin(self) -> None:
+        self.parts += 1
+        self._header = self._value = self._disposition = b""
+
+    def _field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _value_part(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header.lower() == b"content-disposition":
+            self._disposition = self._value
+        self._header = self._value = b""
+
+    def _finished(self) -> None:
+        self.on_part(parse_options_header(self._disposition)[1])
+
+
 async def file_part_chunks(request: Request, field: str = "file") -> AsyncIterator[bytes]:
     """Yields the content of the multipart part named ``field``; BadRequest if the body is not multipart
     or has no such part. Other parts are skipped."""
@@ -30,24 +66,9 @@ async def file_part_chunks(request: Request, field: str = "file") -> AsyncIterat
     if content_type != b"multipart/form-data" or not boundary:
         raise BadRequest(["file: the body must be multipart/form-data with a part named 'file'."])
     out: list[bytes] = []
-    state = {"header": b"", "value": b"", "disposition": b"", "in_file": False, "found": False}
+    state = {"in_file": False, "found": False}
 
-    def on_part_begin() -> None:
-        state.update(header=b"", value=b"", disposition=b"", in_file=False)
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        if state["header"].lower() == b"content-disposition":
-            state["disposition"] = state["value"]
-        state.update(header=b"", value=b"")
-
-    def on_headers_finished() -> None:
-        _, options = parse_options_header(state["disposition"])
+    def on_part(options: dict[bytes, bytes]) -> None:
         state["in_file"] = options.get(b"name") == field.encode() and not state["found"]
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -58,11 +79,7 @@ async def file_part_chunks(request: Request, field: str = "file") -> AsyncIterat
         if state["in_file"]:
             state.update(in_file=False, found=True)
 
-    parser = MultipartParser(boundary, callbacks={
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    parser = _PartHeaders(on_part).parser(boundary, on_part_data, on_part_end)
     try:
         async for chunk in request.stream():
             parser.write(chunk)
@@ -110,28 +127,12 @@ async def spool_upload(request: Request, directory: Path, text_fields: Collectio
     out = os.fdopen(fd, "wb")
     pending: list[bytes] = []
     texts: dict[str, bytearray] = {}
-    state: dict[str, Any] = {"header": b"", "value": b"", "disposition": b"", "parts": 0, "target": None,
-                             "filename": None, "found": False, "size": 0, "pending": 0}
+    state: dict[str, Any] = {"target": None, "filename": None, "found": False, "size": 0, "pending": 0}
     problems: list[str] = []
 
-    def on_part_begin() -> None:
-        state.update(header=b"", value=b"", disposition=b"", target=None)
-        state["parts"] += 1
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        if state["header"].lower() == b"content-disposition":
-            state["disposition"] = state["value"]
-        state.update(header=b"", value=b"")
-
-    def on_headers_finished() -> None:
-        _, options = parse_options_header(state["disposition"])
+    def on_part(options: dict[bytes, bytes]) -> None:
         name = options.get(b"name", b"").decode("utf-8", "replace")
+        state["target"] = None
         if name == field and not state["found"]:
             state["target"] = field
             raw_name = options.get(b"filename")
@@ -159,11 +160,8 @@ async def spool_upload(request: Request, directory: Path, text_fields: Collectio
             state["found"] = True
         state["target"] = None
 
-    parser = MultipartParser(boundary, callbacks={
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    headers = _PartHeaders(on_part)
+    parser = headers.parser(boundary, on_part_data, on_part_end)
 
     async def flush() -> None:
         if pending:
@@ -176,7 +174,7 @@ async def spool_upload(request: Request, directory: Path, text_fields: Collectio
         try:
             async for chunk in request.stream():
                 parser.write(chunk)
-                if state["parts"] > max_parts:
+                if headers.parts > max_parts:
                     raise BadRequest([f"the form has more than {max_parts} parts."])
                 if problems:
                     raise BadRequest(problems[:1])
