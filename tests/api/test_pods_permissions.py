@@ -23,16 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from api_envelope import ok
-from permission_matrix import (
-    Endpoint,
-    Env,
-    Kind,
-    PermissionMatrix,
-    Users,
-    change_description,
-    grant,
-    make_env,
-)
+from permission_matrix import Endpoint, Env, Kind, PermissionMatrix, Users, change_description, grant
 
 from openpods.store.tables import ActionLog, Permission, Pod, PodLog, PodSecret, Template, TemplateTag
 
@@ -41,7 +32,6 @@ OWNER = "owner"
 GRANTEE = "grantee"
 STRANGER = "stranger"
 EXTRA = "extra"  # holds READ on every test pod, so delete_pod_permission has a target
-DESCRIPTION = "permission test pod"
 
 
 def save_as_tag(caller: str) -> dict[str, Any]:
@@ -92,7 +82,8 @@ def create_body(env: Env, pod_id: str) -> dict[str, Any]:
 def create_pod(env: Env, pod_id: str) -> None:
     """A STOPPED pod of OWNER."""
     r = env.client(OWNER).post(
-        "/v3/pods", json={**create_body(env, pod_id), "status_requested": "OFF", "description": DESCRIPTION}
+        "/v3/pods",
+        json={**create_body(env, pod_id), "status_requested": "OFF", "description": PODS.description},
     )
     assert r.status_code == 200, r.text
 
@@ -141,14 +132,12 @@ def assert_allowed(env: Env, ep: Endpoint, r: httpx.Response, pod_id: str, calle
 PODS = Kind(
     name="pod",
     collection="/v3/pods",
-    id_field="pod_id",
-    id_prefix="pod",
-    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
-    endpoints=ENDPOINTS,
-    description=DESCRIPTION,
-    create=create_pod,
-    create_body=create_body,
     model=Pod,
+    endpoints=ENDPOINTS,
+    description="permission test pod",
+    create=create_pod,
+    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
+    create_body=create_body,
     more_state=more_state,
     assert_allowed=assert_allowed,
     prepare=make_template,
@@ -161,7 +150,7 @@ make_pod = PODS.make
 
 @pytest.fixture(scope="module")
 def env(server: Any) -> Env:
-    return make_env(server, PODS.users, IMAGE)
+    return PODS.make_env(server, IMAGE)
 
 
 class TestPodMatrix(PermissionMatrix):

@@ -21,17 +21,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-from permission_matrix import (
-    LEVELS,
-    Endpoint,
-    Env,
-    Kind,
-    PermissionMatrix,
-    Users,
-    change_description,
-    grant,
-    make_env,
-)
+from permission_matrix import LEVELS, Endpoint, Env, Kind, PermissionMatrix, Users, change_description, grant
 
 from openpods.store.tables import Permission, Pod, Snapshot
 
@@ -40,7 +30,6 @@ GRANTEE = "grantee"
 STRANGER = "stranger"
 EXTRA = "extra"
 IMAGE = "localhost/openpods-test/busybox"
-DESCRIPTION = "permission test snapshot"
 SOURCE = "snapsrc"  # a volume of OWNER holding data/f.txt, made by the env fixture
 
 ENDPOINTS = [
@@ -62,7 +51,7 @@ def create_body(env: Env, snapshot_id: str) -> dict[str, Any]:
 def create_snapshot(env: Env, snapshot_id: str) -> None:
     """A snapshot of the shared volume's /data, owned by OWNER."""
     r = env.client(OWNER).post(
-        "/v3/pods/snapshots", json={**create_body(env, snapshot_id), "description": DESCRIPTION}
+        "/v3/pods/snapshots", json={**create_body(env, snapshot_id), "description": SNAPSHOTS.description}
     )
     assert r.status_code == 200, r.text
 
@@ -77,14 +66,12 @@ def assert_allowed(env: Env, ep: Endpoint, r: httpx.Response, snapshot_id: str, 
 SNAPSHOTS = Kind(
     name="snapshot",
     collection="/v3/pods/snapshots",
-    id_field="snapshot_id",
-    id_prefix="snap",
-    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
-    endpoints=ENDPOINTS,
-    description=DESCRIPTION,
-    create=create_snapshot,
-    create_body=create_body,
     model=Snapshot,
+    endpoints=ENDPOINTS,
+    description="permission test snapshot",
+    create=create_snapshot,
+    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
+    create_body=create_body,
     folder="snapshots",
     assert_allowed=assert_allowed,
     no_access=(404,),
@@ -95,7 +82,7 @@ sdir = SNAPSHOTS.storage_dir
 
 @pytest.fixture(scope="module")
 def env(make_module_server: Any) -> Env:
-    env = make_env(make_module_server(), SNAPSHOTS.users, IMAGE)
+    env = SNAPSHOTS.make_env(make_module_server(), IMAGE)
     owner = env.client(OWNER)
     assert owner.post("/v3/pods/volumes", json={"volume_id": SOURCE}).status_code == 200
     r = owner.post(f"/v3/pods/volumes/{SOURCE}/upload/data/f.txt", files={"file": ("f.txt", b"f")})

@@ -25,18 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from api_envelope import ok, refused
-from permission_matrix import (
-    LEVELS,
-    RANK,
-    Endpoint,
-    Env,
-    Kind,
-    PermissionMatrix,
-    Users,
-    change_description,
-    grant,
-    make_env,
-)
+from permission_matrix import LEVELS, Endpoint, Env, Kind, PermissionMatrix, Users, change_description, grant
 
 from openpods.store.tables import Pod, Template, TemplateTag
 
@@ -45,7 +34,7 @@ OWNER = "towner"
 GRANTEE = "tgrantee"
 STRANGER = "tstranger"
 EXTRA = "textra"  # holds READ on every test template, so delete_template_permission has a target
-DESCRIPTION = "permission test"
+RANK = {None: 0, "READ": 1, "USER": 2, "ADMIN": 3}
 
 
 def add_tag(caller: str) -> dict[str, Any]:
@@ -74,7 +63,7 @@ ENDPOINTS = [
 def create_template(env: Env, template_id: str) -> None:
     """A template of OWNER with one ``latest`` tag."""
     c = env.client(OWNER)
-    ok(c.post("/v3/pods/templates", json={"template_id": template_id, "description": DESCRIPTION}))
+    ok(c.post("/v3/pods/templates", json={"template_id": template_id, "description": TEMPLATES.description}))
     ok(
         c.post(
             f"/v3/pods/templates/{template_id}/tags",
@@ -114,14 +103,11 @@ def assert_allowed(env: Env, ep: Endpoint, r: httpx.Response, template_id: str, 
 TEMPLATES = Kind(
     name="template",
     collection="/v3/pods/templates",
-    id_field="template_id",
-    id_prefix="tpl",
-    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
-    endpoints=ENDPOINTS,
-    description=DESCRIPTION,
-    create=create_template,
-    create_body=lambda env, template_id: {"template_id": template_id},
     model=Template,
+    endpoints=ENDPOINTS,
+    description="permission test",
+    create=create_template,
+    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
     more_state=tags,
     assert_gone=no_tags,
     assert_allowed=assert_allowed,
@@ -135,7 +121,7 @@ state = TEMPLATES.state
 
 @pytest.fixture(scope="module")
 def env(make_module_server: Any) -> Env:
-    return make_env(make_module_server(), TEMPLATES.users, IMAGE)
+    return TEMPLATES.make_env(make_module_server(), IMAGE)
 
 
 class TestTemplateMatrix(PermissionMatrix):

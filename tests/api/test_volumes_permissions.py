@@ -23,17 +23,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-from permission_matrix import (
-    LEVELS,
-    Endpoint,
-    Env,
-    Kind,
-    PermissionMatrix,
-    Users,
-    change_description,
-    grant,
-    make_env,
-)
+from permission_matrix import LEVELS, Endpoint, Env, Kind, PermissionMatrix, Users, change_description, grant
 
 from openpods.store.tables import Pod, Volume
 
@@ -42,7 +32,6 @@ GRANTEE = "grantee"
 STRANGER = "stranger"
 EXTRA = "extra"  # holds READ on every test volume, so delete_volume_permission has a target
 IMAGE = "localhost/openpods-test/busybox"
-DESCRIPTION = "permission test volume"
 
 ENDPOINTS = [
     Endpoint("get_volume", "GET", "", "READ"),
@@ -66,7 +55,7 @@ ENDPOINTS = [
 def create_volume(env: Env, volume_id: str) -> None:
     """A volume of OWNER holding data/f.txt."""
     owner = env.client(OWNER)
-    r = owner.post("/v3/pods/volumes", json={"volume_id": volume_id, "description": DESCRIPTION})
+    r = owner.post("/v3/pods/volumes", json={"volume_id": volume_id, "description": VOLUMES.description})
     assert r.status_code == 200, r.text
     r = owner.post(f"/v3/pods/volumes/{volume_id}/upload/data/f.txt", files={"file": ("f.txt", b"f")})
     assert r.status_code == 200, r.text
@@ -84,14 +73,11 @@ def assert_allowed(env: Env, ep: Endpoint, r: httpx.Response, volume_id: str, ca
 VOLUMES = Kind(
     name="volume",
     collection="/v3/pods/volumes",
-    id_field="volume_id",
-    id_prefix="vol",
-    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
-    endpoints=ENDPOINTS,
-    description=DESCRIPTION,
-    create=create_volume,
-    create_body=lambda env, volume_id: {"volume_id": volume_id},
     model=Volume,
+    endpoints=ENDPOINTS,
+    description="permission test volume",
+    create=create_volume,
+    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
     folder="volumes",
     assert_allowed=assert_allowed,
     no_access=(404,),
@@ -103,7 +89,7 @@ vdir = VOLUMES.storage_dir
 
 @pytest.fixture(scope="module")
 def env(make_module_server: Any) -> Env:
-    return make_env(make_module_server(), VOLUMES.users, IMAGE)
+    return VOLUMES.make_env(make_module_server(), IMAGE)
 
 
 class TestVolumeMatrix(PermissionMatrix):

@@ -29,9 +29,7 @@ folders are not packages).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 from api_envelope import ok, refused
+from file_tree import tree
 
 from openpods.store.tables import Permission
 
@@ -94,55 +93,22 @@ class Env:
         return self.clients[name]
 
 
-def make_env(server: Any, users: Users, image: str) -> Env:
-    """The users of the matrix on ``server``, and a client for each: the four users, ``admin`` (site admin),
-    ``anon`` (no token), ``badtoken`` and the :data:`OUTSIDERS`."""
-    server.allow_image(image)
-    for name in (users.owner, users.grantee, users.stranger, users.extra):
-        server.add_user(name)
-    server.add_user(users.owner, tenant=OTHER_TENANT)
-    server.add_user(users.grantee, tenant=OTHER_TENANT)
-    server.add_user("otheradmin", tenant=OTHER_TENANT, admin=True)
-    clients = {
-        name: server.client(name) for name in (users.owner, users.grantee, users.stranger, users.extra)
-    }
-    clients["admin"] = server.client("admin")
-    clients["anon"] = server.client()
-    clients["badtoken"] = server.client(token="not.a.token")
-    clients["other:owner"] = server.client(users.owner, tenant=OTHER_TENANT)
-    clients["other:grantee"] = server.client(users.grantee, tenant=OTHER_TENANT)
-    clients["other:admin"] = server.client("otheradmin", tenant=OTHER_TENANT)
-    return Env(server=server, users=users, clients=clients)
-
-
-def disk(top: Path) -> dict[str, str]:
-    """Every folder and file below ``top`` (files by content hash)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames:
-            out[str((Path(dirpath) / name).relative_to(top))] = "dir"
-        for name in filenames:
-            p = Path(dirpath) / name
-            out[str(p.relative_to(top))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
 def _nothing(*args: Any) -> None:
     return None
 
 
 @dataclass(frozen=True)
 class Kind:
-    name: str  # "volume": the object_type of its grants, and the middle of its operation ids
+    # "volume": the object_type of its grants, the middle of its operation ids; ``<name>_id`` is its id field
+    name: str
     collection: str  # "/v3/pods/volumes"
-    id_field: str  # "volume_id"
-    id_prefix: str  # of new_id()
-    users: Users
+    model: type  # the table of its rows
     endpoints: list[Endpoint]
     description: str  # of every test object: must never reach a user who may not see the object
     create: Callable[[Env, str], None]  # the owner creates an object with that description
-    create_body: Callable[[Env, str], dict[str, Any]]  # a valid create_<kind> body, for the no-token test
-    model: type  # the table of its rows
+    # (env, id): a valid create_<kind> body (default: only the id), for the no-token test
+    users: Users
+    create_body: Callable[[Env, str], dict[str, Any]] | None = None
     folder: str | None = None  # its storage folder (data_dir/storage/<tenant>/<folder>/<id>), if it has one
     # (env, id, tenant): what else a call could change, besides its row, grants and folder
     more_state: Callable[[Env, str, str], dict[str, Any]] = lambda env, object_id, tenant: {}
@@ -157,6 +123,31 @@ class Kind:
     # Grants that make an object public to its tenant (templates: ``*`` READ), tried where they must not
     # count: the last ADMIN, another tenant.
     public: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def id_field(self) -> str:
+        return f"{self.name}_id"
+
+    def make_env(self, server: Any, image: str) -> Env:
+        """The users of the matrix on ``server``, and a client for each: the four users, ``admin`` (site
+        admin), ``anon`` (no token), ``badtoken`` and the :data:`OUTSIDERS`."""
+        users = self.users
+        server.allow_image(image)
+        for name in (users.owner, users.grantee, users.stranger, users.extra):
+            server.add_user(name)
+        server.add_user(users.owner, tenant=OTHER_TENANT)
+        server.add_user(users.grantee, tenant=OTHER_TENANT)
+        server.add_user("otheradmin", tenant=OTHER_TENANT, admin=True)
+        clients = {
+            name: server.client(name) for name in (users.owner, users.grantee, users.stranger, users.extra)
+        }
+        clients["admin"] = server.client("admin")
+        clients["anon"] = server.client()
+        clients["badtoken"] = server.client(token="not.a.token")
+        clients["other:owner"] = server.client(users.owner, tenant=OTHER_TENANT)
+        clients["other:grantee"] = server.client(users.grantee, tenant=OTHER_TENANT)
+        clients["other:admin"] = server.client("otheradmin", tenant=OTHER_TENANT)
+        return Env(server=server, users=users, clients=clients)
 
     def url(self, object_id: str) -> str:
         return f"{self.collection}/{object_id}"
@@ -186,7 +177,7 @@ class Kind:
         out = {**self.rows(env, object_id, tenant), **self.more_state(env, object_id, tenant)}
         if self.folder is not None:
             top = self.storage_dir(env, object_id, tenant)
-            out.update(disk=disk(top), exists=top.is_dir())
+            out.update(disk=tree(top), exists=top.is_dir())
         return out
 
     def assert_absent(self, env: Env, object_id: str, tenant: str = "default") -> None:
@@ -204,7 +195,7 @@ class Kind:
             ok(owner.post(f"{self.url(object_id)}/permissions", json={"user": user, "level": level}))
 
     def new(self, env: Env, new_id: Callable[[str], str], grants: Mapping[str, str] | None = None) -> str:
-        object_id = new_id(self.id_prefix)
+        object_id = new_id(self.name)
         self.make(env, object_id, grants)
         return object_id
 
@@ -254,7 +245,7 @@ def assert_allowed(
 
 class PermissionMatrix:
     """The matrix of one kind: subclass it in the test module with ``kind = Kind(...)``; the module provides a
-    module-scoped ``env`` fixture (an :class:`Env`, see :func:`make_env`)."""
+    module-scoped ``env`` fixture (an :class:`Env`, see :meth:`Kind.make_env`)."""
 
     kind: ClassVar[Kind]
 
@@ -350,8 +341,9 @@ class PermissionMatrix:
         k, anon = self.kind, env.client("anon")
         for url in k.list_urls():
             refused(anon.get(url), 401)
-        object_id = new_id(k.id_prefix)
-        refused(anon.post(k.collection, json=k.create_body(env, object_id)), 401)
+        object_id = new_id(k.name)
+        body = k.create_body(env, object_id) if k.create_body else {k.id_field: object_id}
+        refused(anon.post(k.collection, json=body), 401)
         k.assert_absent(env, object_id, "default")
 
     def test_list_shows_objects_with_any_level(
