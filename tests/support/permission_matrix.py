@@ -6,8 +6,9 @@ endpoint must have done -- and subclasses :class:`PermissionMatrix` with it. The
 endpoint:
 
 - no token or a bad token: 401, nothing changed;
-- a user without permission (while another user holds ADMIN): ``Kind.no_access``, the object's description
-  not in the answer, nothing changed; with 404 the answer is the one for an object that does not exist;
+- a user without permission (on an object of the owner alone, and on one where another user holds ADMIN):
+  ``Kind.no_access``, the object's description not in the answer, nothing changed; with 404 the answer is the
+  one for an object that does not exist;
 - an id that names no object: 404 for a stranger, the owner of other objects and a site admin;
 - a READ, USER or ADMIN grantee gets exactly what the table says; a refused call is a 403 whose message names
   the level it needs, and changes nothing;
@@ -99,6 +100,8 @@ def _nothing(*args: Any) -> None:
 
 @dataclass(frozen=True)
 class Kind:
+    """What the matrix needs to know of one kind of object; the test module's endpoint table is its core."""
+
     # "volume": the object_type of its grants, the middle of its operation ids; ``<name>_id`` is its id field
     name: str
     collection: str  # "/v3/pods/volumes"
@@ -106,8 +109,8 @@ class Kind:
     endpoints: list[Endpoint]
     description: str  # of every test object: must never reach a user who may not see the object
     create: Callable[[Env, str], None]  # the owner creates an object with that description
-    # (env, id): a valid create_<kind> body (default: only the id), for the no-token test
     users: Users
+    # (env, id): a valid create_<kind> body (default: only the id), for the no-token test
     create_body: Callable[[Env, str], dict[str, Any]] | None = None
     folder: str | None = None  # its storage folder (data_dir/storage/<tenant>/<folder>/<id>), if it has one
     # (env, id, tenant): what else a call could change, besides its row, grants and folder
@@ -233,6 +236,7 @@ def assert_allowed(
     elif ep.name == f"delete_{name}":
         refused(owner.get(kind.url(object_id)), 404)
         kind.assert_absent(env, object_id, "default")
+        assert env.server.rows(Permission, object_type=name, object_id=object_id) == []  # in no tenant
     elif ep.name == f"get_{name}_permissions":
         assert f"{kind.users.owner}:ADMIN" in result["permissions"]
         assert f"{extra}:READ" in result["permissions"]
@@ -281,18 +285,22 @@ class PermissionMatrix:
     def test_user_without_permission_changes_nothing(
         self, env: Env, new_id: Callable[[str], str], ep: Endpoint
     ) -> None:
+        """On an object of the owner alone, and on one where another user holds ADMIN."""
         k, stranger = self.kind, self.kind.users.stranger
-        object_id = k.new(env, new_id, {k.users.grantee: "ADMIN"})
         k.prepare(env, stranger)
-        before = k.state(env, object_id, "default")
-        r = k.call(ep, env.client(stranger), object_id, stranger)
-        text = refused(r, *k.no_access)
-        assert k.description.encode() not in r.content
-        if k.no_access == (404,):  # existence is not revealed: the answer for an object that does not exist
-            missing_id = new_id("nosuch")
-            missing = refused(k.call(ep, env.client(stranger), missing_id, stranger), 404)
-            assert text.replace(object_id, "X") == missing.replace(missing_id, "X")
-        assert k.state(env, object_id, "default") == before
+        for grants in ({}, {k.users.grantee: "ADMIN"}):
+            object_id = k.new(env, new_id, grants)
+            before = k.state(env, object_id, "default")
+            r = k.call(ep, env.client(stranger), object_id, stranger)
+            text = refused(r, *k.no_access)
+            assert k.description.encode() not in r.content
+            if k.no_access == (
+                404,
+            ):  # existence is not revealed: the answer for an object that does not exist
+                missing_id = new_id("nosuch")
+                missing = refused(k.call(ep, env.client(stranger), missing_id, stranger), 404)
+                assert text.replace(object_id, "X") == missing.replace(missing_id, "X")
+            assert k.state(env, object_id, "default") == before, grants
 
     def test_unknown_id_is_404_for_everyone(self, env: Env, ep: Endpoint) -> None:
         k = self.kind
@@ -344,7 +352,8 @@ class PermissionMatrix:
         object_id = new_id(k.name)
         body = k.create_body(env, object_id) if k.create_body else {k.id_field: object_id}
         refused(anon.post(k.collection, json=body), 401)
-        k.assert_absent(env, object_id, "default")
+        for tenant in ("default", OTHER_TENANT):
+            k.assert_absent(env, object_id, tenant)
 
     def test_list_shows_objects_with_any_level(
         self, env: Env, new_id: Callable[[str], str], level: str
