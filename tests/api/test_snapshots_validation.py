@@ -8,11 +8,21 @@ Cron syntax: 5 fields (UTC) or @hourly/@daily/@midnight/@weekly/@monthly/@yearly
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from api_envelope import (
+    assert_control_characters_are_4xx,
+    assert_unknown_ids_are_404,
+    error_text,
+    names_on_disk,
+)
 
 from openpods.store.tables import Permission, Snapshot
 
@@ -36,19 +46,6 @@ def c(srv: Any) -> httpx.Client:
     return srv.client(OWNER)
 
 
-def snapshots_on_disk(srv: Any) -> list[str]:
-    top = srv.settings.data_dir / "storage" / "default" / "snapshots"
-    return sorted(p.name for p in top.iterdir()) if top.exists() else []
-
-
-def messages(r: httpx.Response) -> str:
-    assert r.headers["content-type"] == "application/json", r.headers
-    body = r.json()
-    assert body["status"] == "error"
-    msg = body["message"]
-    return " | ".join(msg) if isinstance(msg, list) else msg
-
-
 def create(c: httpx.Client, snapshot_id: Any, **fields: Any) -> httpx.Response:
     body = {"snapshot_id": snapshot_id, "source_volume_id": SOURCE, "source_volume_path": "/data", **fields}
     return c.post("/v3/pods/snapshots", json=body)
@@ -58,13 +55,13 @@ def refused(
     srv: Any, r: httpx.Response, snapshot_id: Any, before: list[str], *words: str, status: int = 400
 ) -> None:
     assert r.status_code == status, r.text
-    text = messages(r)
+    text = error_text(r)
     for word in words:
         assert word in text, (word, text)
     if isinstance(snapshot_id, str):
         assert srv.rows(Snapshot, tenant_id="default", snapshot_id=snapshot_id) == []
         assert srv.rows(Permission, object_type="snapshot", object_id=snapshot_id) == []
-    assert snapshots_on_disk(srv) == before
+    assert names_on_disk(srv, "snapshots") == before
 
 
 BAD_IDS = {
@@ -83,19 +80,19 @@ BAD_IDS = {
 
 @pytest.mark.parametrize("snapshot_id", list(BAD_IDS.values()), ids=list(BAD_IDS))
 def test_bad_snapshot_id(srv: Any, c: httpx.Client, snapshot_id: Any) -> None:
-    before = snapshots_on_disk(srv)
+    before = names_on_disk(srv, "snapshots")
     refused(srv, create(c, snapshot_id), snapshot_id, before, "snapshot_id")
 
 
 @pytest.mark.parametrize("source", ["", "Bad-Volume", "..", "a/b", None, 3], ids=str)
 def test_bad_source_volume_id(srv: Any, c: httpx.Client, new_id: Callable, source: Any) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     refused(srv, create(c, snapshot_id, source_volume_id=source), snapshot_id, before, "source_volume_id")
 
 
 def test_missing_required_fields(srv: Any, c: httpx.Client, new_id: Callable) -> None:
     for missing in ("snapshot_id", "source_volume_id", "source_volume_path"):
-        snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+        snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
         body = {"snapshot_id": snapshot_id, "source_volume_id": SOURCE, "source_volume_path": "/data"}
         del body[missing]
         r = c.post("/v3/pods/snapshots", json=body)
@@ -103,23 +100,23 @@ def test_missing_required_fields(srv: Any, c: httpx.Client, new_id: Callable) ->
 
 
 def test_missing_source_volume(srv: Any, c: httpx.Client, new_id: Callable) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     r = create(c, snapshot_id, source_volume_id="nosuchvolume")
     refused(srv, r, snapshot_id, before, "nosuchvolume", status=404)
 
 
 @pytest.mark.parametrize("path", ["/nope", "/data/nope.txt", "/data/f.txt/below"], ids=str)
 def test_missing_source_path(srv: Any, c: httpx.Client, new_id: Callable, path: str) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     r = create(c, snapshot_id, source_volume_path=path, destination_path="copy")
     assert r.status_code in (400, 404), r.text
     refused(srv, r, snapshot_id, before, status=r.status_code)
-    assert "nope" in messages(r) or "f.txt" in messages(r) or "directory" in messages(r)
+    assert "nope" in error_text(r) or "f.txt" in error_text(r) or "directory" in error_text(r)
 
 
 @pytest.mark.parametrize("path", ["data", "", "relative/path", None, 5], ids=str)
 def test_source_path_must_be_absolute(srv: Any, c: httpx.Client, new_id: Callable, path: Any) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     refused(srv, create(c, snapshot_id, source_volume_path=path), snapshot_id, before, "source_volume_path")
 
 
@@ -128,7 +125,7 @@ BAD_SIZE_LIMITS = {"zero": 0, "negative": -1, "too-big": 1024 * 1024 + 1, "text"
 
 @pytest.mark.parametrize("size_limit", list(BAD_SIZE_LIMITS.values()), ids=list(BAD_SIZE_LIMITS))
 def test_bad_size_limit(srv: Any, c: httpx.Client, new_id: Callable, size_limit: Any) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     refused(srv, create(c, snapshot_id, size_limit=size_limit), snapshot_id, before, "size_limit")
 
 
@@ -155,7 +152,7 @@ BAD_CRONS = {
 
 @pytest.mark.parametrize("cron", list(BAD_CRONS.values()), ids=list(BAD_CRONS))
 def test_bad_cron(srv: Any, c: httpx.Client, new_id: Callable, cron: str) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     refused(srv, create(c, snapshot_id, cron=cron), snapshot_id, before, "cron")
 
 
@@ -179,7 +176,7 @@ BAD_RETENTION = {
 
 @pytest.mark.parametrize("policy", list(BAD_RETENTION.values()), ids=list(BAD_RETENTION))
 def test_bad_retention_policy(srv: Any, c: httpx.Client, new_id: Callable, policy: str) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     refused(
         srv,
         create(c, snapshot_id, cron="@daily", retention_policy=policy),
@@ -190,7 +187,7 @@ def test_bad_retention_policy(srv: Any, c: httpx.Client, new_id: Callable, polic
 
 
 def test_bad_cron_and_retention_are_both_reported(srv: Any, c: httpx.Client, new_id: Callable) -> None:
-    snapshot_id, before = new_id("snap"), snapshots_on_disk(srv)
+    snapshot_id, before = new_id("snap"), names_on_disk(srv, "snapshots")
     r = create(c, snapshot_id, cron="61 * * * *", retention_policy="max_age=5x")
     refused(srv, r, snapshot_id, before, "cron", "retention_policy")
     assert isinstance(r.json()["message"], list) and len(r.json()["message"]) == 2
@@ -255,7 +252,7 @@ def test_bad_update_changes_nothing(
     row = srv.rows(Snapshot, tenant_id="default", snapshot_id=snapshot_id)
     r = c.put(f"/v3/pods/snapshots/{snapshot_id}", json=body)
     assert r.status_code == 400, r.text
-    assert next(iter(body)) in messages(r)
+    assert next(iter(body)) in error_text(r)
     assert srv.rows(Snapshot, tenant_id="default", snapshot_id=snapshot_id) == row
 
 
@@ -283,22 +280,20 @@ def test_update_of_only_the_cron_keeps_the_retention_policy(
     assert (got["cron"], got["retention_policy"]) == ("@hourly", "max_age=1w")
 
 
+URL_CALLS = [  # every call on one snapshot's URL
+    ("GET", ""),
+    ("PUT", ""),
+    ("DELETE", ""),
+    ("GET", "/list"),
+    ("GET", "/contents/a.txt"),
+    ("GET", "/permissions"),
+    ("POST", "/permissions"),
+    ("DELETE", "/permissions/someone"),
+]
+
+
 def test_unknown_snapshot_ids_in_urls_are_404(srv: Any, c: httpx.Client) -> None:
-    for snapshot_id in ("nosuchsnapshot", "BAD-ID", "x"):
-        for method, suffix in (
-            ("GET", ""),
-            ("PUT", ""),
-            ("DELETE", ""),
-            ("GET", "/list"),
-            ("GET", "/contents/a.txt"),
-            ("GET", "/permissions"),
-            ("DELETE", "/permissions/someone"),
-        ):
-            kwargs: dict[str, Any] = {"json": {"description": "x"}} if method == "PUT" else {}
-            r = c.request(method, f"/v3/pods/snapshots/{snapshot_id}{suffix}", **kwargs)
-            assert r.status_code == 404, (snapshot_id, method, suffix, r.status_code, r.text)
-        r = c.post(f"/v3/pods/snapshots/{snapshot_id}/permissions", json={"user": "x", "level": "READ"})
-        assert r.status_code == 404, r.text
+    assert_unknown_ids_are_404(c, "/v3/pods/snapshots", ("nosuchsnapshot", "BAD-ID", "x"), URL_CALLS)
 
 
 def test_snapshots_cannot_be_uploaded_to(srv: Any, c: httpx.Client, new_id: Callable) -> None:
@@ -314,28 +309,8 @@ def test_snapshots_cannot_be_uploaded_to(srv: Any, c: httpx.Client, new_id: Call
 @pytest.mark.parametrize("bad", ["a%00b", "%00", "a%0ab"], ids=["nul", "only-nul", "newline"])
 def test_control_characters_in_url_ids_are_4xx(srv: Any, new_id: Callable, bad: str) -> None:
     """An id with a NUL byte or another control character names nothing: 404 or 400 on every snapshot
-    endpoint, never a 500 (PostgreSQL refuses NUL bytes in query parameters)."""
-    calls = [
-        ("GET", ""),
-        ("PUT", ""),
-        ("DELETE", ""),
-        ("GET", "/list"),
-        ("GET", "/contents/a.txt"),
-        ("GET", "/permissions"),
-        ("POST", "/permissions"),
-        ("DELETE", "/permissions/someone"),
-    ]
-    for method, suffix in calls:
-        kwargs: dict[str, Any] = {}
-        if method == "PUT":
-            kwargs["json"] = {"description": "x"}
-        elif method == "POST":
-            kwargs["json"] = {"user": "x", "level": "READ"}
-        with srv.client(OWNER) as fresh:  # a 500 may close the connection: one client per call
-            r = fresh.request(method, f"/v3/pods/snapshots/{bad}{suffix}", **kwargs)
-        assert r.status_code in (400, 404), (method, suffix, r.status_code, r.text[:200])
+    endpoint, and as the user of a permission; never a 500 (PostgreSQL refuses NUL bytes in query
+    parameters)."""
     snapshot_id = new_id("snap")
     assert create(srv.client(OWNER), snapshot_id).status_code == 200
-    with srv.client(OWNER) as fresh:
-        r = fresh.delete(f"/v3/pods/snapshots/{snapshot_id}/permissions/{bad}")
-    assert r.status_code in (400, 404), (r.status_code, r.text[:200])
+    assert_control_characters_are_4xx(srv, OWNER, "/v3/pods/snapshots", bad, URL_CALLS, snapshot_id)

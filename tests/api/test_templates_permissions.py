@@ -8,115 +8,62 @@ tenant (never to another tenant). A pod may use a template the caller can READ, 
 ``save_pod_as_template_tag`` needs ADMIN on the pod and USER on the template. Site admins may do everything in
 their tenant; nobody of another tenant ever sees a template.
 
-For every endpoint: no token → 401; a user without permission → 404 and nothing changed (database rows
-compared); READ, USER and ADMIN each get exactly what the table says, and a refused call changes nothing.
+The matrix of tests/support/permission_matrix.py checks every endpoint: no token → 401; a user without
+permission → 404 and nothing changed (database rows compared); READ, USER and ADMIN each get exactly what the
+table says, and a refused call changes nothing. This file adds what is particular to templates.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from openpods.store.tables import Permission, Pod, Template, TemplateTag
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from api_envelope import ok, refused
+from permission_matrix import LEVELS, Endpoint, Env, Kind, PermissionMatrix, Users, change_description, grant
+
+from openpods.store.tables import Pod, Template, TemplateTag
 
 IMAGE = "localhost/openpods-test/http"
-LEVELS = ("READ", "USER", "ADMIN")
-RANK = {None: 0, "READ": 1, "USER": 2, "ADMIN": 3}
 OWNER = "towner"
 GRANTEE = "tgrantee"
 STRANGER = "tstranger"
 EXTRA = "textra"  # holds READ on every test template, so delete_template_permission has a target
+RANK = {None: 0, "READ": 1, "USER": 2, "ADMIN": 3}
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    method: str
-    path: str  # relative to /v3/pods/templates/{template_id}
-    level: str
-
-    def call(self, client: httpx.Client, template_id: str, caller: str = GRANTEE) -> httpx.Response:
-        url = f"/v3/pods/templates/{template_id}{self.path}"
-        if self.name == "update_template":
-            return client.put(url, json={"description": f"changed by {caller}"})
-        if self.name == "add_template_tag":
-            return client.post(
-                url,
-                json={
-                    "pod_definition": {"image": IMAGE, "description": f"by {caller}"},
-                    "tag": "added",
-                    "commit_message": f"tag by {caller}",
-                },
-            )
-        if self.name == "set_template_permission":
-            return client.post(url, json={"user": EXTRA, "level": "USER"})
-        return client.request(self.method, url)
+def add_tag(caller: str) -> dict[str, Any]:
+    return {
+        "json": {
+            "pod_definition": {"image": IMAGE, "description": f"by {caller}"},
+            "tag": "added",
+            "commit_message": f"tag by {caller}",
+        }
+    }
 
 
 ENDPOINTS = [
     Endpoint("get_template", "GET", "", "READ"),
     Endpoint("list_template_tags", "GET", "/tags", "READ"),
     Endpoint("get_template_tag", "GET", "/tags/latest", "READ"),
-    Endpoint("update_template", "PUT", "", "USER"),
-    Endpoint("add_template_tag", "POST", "/tags", "USER"),
+    Endpoint("update_template", "PUT", "", "USER", change_description),
+    Endpoint("add_template_tag", "POST", "/tags", "USER", add_tag),
     Endpoint("get_template_permissions", "GET", "/permissions", "USER"),
     Endpoint("delete_template", "DELETE", "", "ADMIN"),
-    Endpoint("set_template_permission", "POST", "/permissions", "ADMIN"),
+    Endpoint("set_template_permission", "POST", "/permissions", "ADMIN", grant(EXTRA, "USER")),
     Endpoint("delete_template_permission", "DELETE", f"/permissions/{EXTRA}", "ADMIN"),
 ]
-ENDPOINT_IDS = [e.name for e in ENDPOINTS]
 
 
-@dataclass
-class Env:
-    server: Any
-    clients: dict[str, httpx.Client]
-
-    def client(self, name: str) -> httpx.Client:
-        return self.clients[name]
-
-
-@pytest.fixture(scope="module")
-def env(make_module_server: Any) -> Env:
-    server = make_module_server(import_starter_catalog=False)
-    server.allow_image(IMAGE)
-    for name in (OWNER, GRANTEE, STRANGER, EXTRA):
-        server.add_user(name)
-    # The same usernames in the other tenant, and a site admin there.
-    server.add_user(OWNER, tenant="other")
-    server.add_user(GRANTEE, tenant="other")
-    server.add_user("otheradmin", tenant="other", admin=True)
-    clients = {name: server.client(name) for name in (OWNER, GRANTEE, STRANGER, EXTRA)}
-    clients["admin"] = server.client("admin")
-    clients["anon"] = server.client()
-    clients["other:owner"] = server.client(OWNER, tenant="other")
-    clients["other:grantee"] = server.client(GRANTEE, tenant="other")
-    clients["other:admin"] = server.client("otheradmin", tenant="other")
-    return Env(server=server, clients=clients)
-
-
-def ok(r: httpx.Response) -> Any:
-    assert r.status_code == 200, (r.request.method, str(r.request.url), r.status_code, r.text)
-    assert r.json()["status"] == "success", r.text
-    return r.json()["result"]
-
-
-def refused(r: httpx.Response, status: int) -> None:
-    assert r.status_code == status, (r.request.method, str(r.request.url), r.status_code, r.text)
-    assert r.json()["status"] == "error", r.text
-    assert r.headers["content-type"] == "application/json"
-
-
-def make_template(
-    env: Env, template_id: str, grants: dict[str, str] | None = None, owner: str = OWNER
-) -> None:
-    """A template owned by ``owner`` with one ``latest`` tag, EXTRA:READ, plus ``grants``."""
-    c = env.client(owner)
-    ok(c.post("/v3/pods/templates", json={"template_id": template_id, "description": "permission test"}))
+def create_template(env: Env, template_id: str) -> None:
+    """A template of OWNER with one ``latest`` tag."""
+    c = env.client(OWNER)
+    ok(c.post("/v3/pods/templates", json={"template_id": template_id, "description": TEMPLATES.description}))
     ok(
         c.post(
             f"/v3/pods/templates/{template_id}/tags",
@@ -126,30 +73,20 @@ def make_template(
             },
         )
     )
-    for user, level in {EXTRA: "READ", **(grants or {})}.items():
-        ok(c.post(f"/v3/pods/templates/{template_id}/permissions", json={"user": user, "level": level}))
 
 
-def state(env: Env, template_id: str, tenant: str = "default") -> dict[str, Any]:
-    """Everything a template endpoint could change about one template, from the database."""
-    s = env.server
-    return {
-        "template": s.rows(Template, tenant_id=tenant, template_id=template_id),
-        "tags": s.rows(TemplateTag, tenant_id=tenant, template_id=template_id),
-        "grants": s.rows(Permission, object_type="template", tenant_id=tenant, object_id=template_id),
-    }
+def tags(env: Env, template_id: str, tenant: str) -> dict[str, Any]:
+    return {"tags": env.server.rows(TemplateTag, tenant_id=tenant, template_id=template_id)}
 
 
-def permissions_of(env: Env, template_id: str) -> list[str]:
-    return ok(env.client(OWNER).get(f"/v3/pods/templates/{template_id}/permissions"))["permissions"]
+def no_tags(env: Env, template_id: str, tenant: str) -> None:
+    assert tags(env, template_id, tenant) == {"tags": []}
 
 
 def assert_allowed(env: Env, ep: Endpoint, r: httpx.Response, template_id: str, caller: str) -> None:
-    result = ok(r)
+    result = r.json()["result"]
     s = env.server
-    if ep.name == "get_template":
-        assert result["template_id"] == template_id
-    elif ep.name == "list_template_tags":
+    if ep.name == "list_template_tags":
         assert [t["tag"] for t in result] == ["latest"]
     elif ep.name == "get_template_tag":
         assert isinstance(result, list) and result[0]["template_id"] == template_id
@@ -161,101 +98,34 @@ def assert_allowed(env: Env, ep: Endpoint, r: httpx.Response, template_id: str, 
     elif ep.name == "add_template_tag":
         assert result["tag"] == "added" and result["added_by"] == caller
         assert len(s.rows(TemplateTag, tenant_id="default", template_id=template_id)) == 2
-    elif ep.name == "get_template_permissions":
-        assert f"{OWNER}:ADMIN" in result["permissions"] and f"{EXTRA}:READ" in result["permissions"]
-    elif ep.name == "delete_template":
-        assert state(env, template_id) == {"template": [], "tags": [], "grants": []}
-    elif ep.name == "set_template_permission":
-        assert f"{EXTRA}:USER" in permissions_of(env, template_id)
-    elif ep.name == "delete_template_permission":
-        assert not any(p.startswith(f"{EXTRA}:") for p in permissions_of(env, template_id))
 
 
-# ------------------------------------------------------------------------------------------------ no token
+TEMPLATES = Kind(
+    name="template",
+    collection="/v3/pods/templates",
+    model=Template,
+    endpoints=ENDPOINTS,
+    description="permission test",
+    create=create_template,
+    users=Users(OWNER, GRANTEE, STRANGER, EXTRA),
+    more_state=tags,
+    assert_gone=no_tags,
+    assert_allowed=assert_allowed,
+    extra_lists=("/v3/pods/templates/tags",),
+    no_access=(404,),
+    public={"*": "READ"},
+)
+make_template = TEMPLATES.make
+state = TEMPLATES.state
 
 
-@pytest.mark.parametrize("ep", ENDPOINTS, ids=ENDPOINT_IDS)
-def test_no_token_is_401(env: Env, new_id: Callable[[str], str], ep: Endpoint) -> None:
-    template_id = new_id("tpl")
-    make_template(env, template_id)
-    before = state(env, template_id)
-    refused(ep.call(env.client("anon"), template_id), 401)
-    refused(ep.call(env.server.client(token="not.a.token"), template_id), 401)
-    assert state(env, template_id) == before
+@pytest.fixture(scope="module")
+def env(make_module_server: Any) -> Env:
+    return TEMPLATES.make_env(make_module_server(), IMAGE)
 
 
-def test_list_and_add_without_token_are_401(env: Env, new_id: Callable[[str], str]) -> None:
-    anon = env.client("anon")
-    refused(anon.get("/v3/pods/templates"), 401)
-    refused(anon.get("/v3/pods/templates/tags"), 401)
-    template_id = new_id("tpl")
-    refused(anon.post("/v3/pods/templates", json={"template_id": template_id}), 401)
-    assert env.server.rows(Template, tenant_id="default", template_id=template_id) == []
-
-
-# ------------------------------------------------------------------------------------------------ levels
-
-
-@pytest.mark.parametrize("ep", ENDPOINTS, ids=ENDPOINT_IDS)
-def test_user_without_permission_gets_404_and_nothing_changes(
-    env: Env, new_id: Callable[[str], str], ep: Endpoint
-) -> None:
-    template_id = new_id("tpl")
-    make_template(env, template_id, {GRANTEE: "ADMIN"})
-    before = state(env, template_id)
-    r = ep.call(env.client(STRANGER), template_id, STRANGER)
-    refused(r, 404)
-    # The answer is the same as for a template that does not exist (existence is not revealed).
-    missing = ep.call(env.client(STRANGER), new_id("nosuch"), STRANGER)
-    refused(missing, 404)
-    assert r.json()["message"].replace(template_id, "X") == missing.json()["message"].replace(
-        missing.request.url.path.split("/")[4], "X"
-    )
-    assert state(env, template_id) == before
-
-
-@pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("ep", ENDPOINTS, ids=ENDPOINT_IDS)
-def test_each_level_gets_exactly_what_the_table_says(
-    env: Env, new_id: Callable[[str], str], ep: Endpoint, level: str
-) -> None:
-    template_id = new_id("tpl")
-    make_template(env, template_id, {GRANTEE: level})
-    before = state(env, template_id)
-    r = ep.call(env.client(GRANTEE), template_id)
-    if RANK[level] >= RANK[ep.level]:
-        assert_allowed(env, ep, r, template_id, GRANTEE)
-    else:
-        refused(r, 403)
-        assert ep.level in r.json()["message"]
-        assert state(env, template_id) == before
-
-
-@pytest.mark.parametrize("caller", [OWNER, "admin"])
-@pytest.mark.parametrize("ep", ENDPOINTS, ids=ENDPOINT_IDS)
-def test_owner_and_site_admin_may_do_everything(
-    env: Env, new_id: Callable[[str], str], ep: Endpoint, caller: str
-) -> None:
-    template_id = new_id("tpl")
-    make_template(env, template_id)
-    assert_allowed(env, ep, ep.call(env.client(caller), template_id, caller), template_id, caller)
-
-
-@pytest.mark.parametrize("ep", ENDPOINTS, ids=ENDPOINT_IDS)
-@pytest.mark.parametrize("caller", ["other:owner", "other:grantee", "other:admin"])
-def test_another_tenant_never_sees_the_template(
-    env: Env, new_id: Callable[[str], str], ep: Endpoint, caller: str
-) -> None:
-    """Not the user of the same name, not a site admin of the other tenant, not even when ``*`` holds READ."""
-    template_id = new_id("tpl")
-    make_template(env, template_id, {GRANTEE: "ADMIN", "*": "READ"})
-    before = state(env, template_id)
-    refused(ep.call(env.client(caller), template_id), 404)
-    assert state(env, template_id) == before
-    assert state(env, template_id, tenant="other") == {"template": [], "tags": [], "grants": []}
-    listed = ok(env.client(caller).get("/v3/pods/templates"))
-    assert template_id not in [t["template_id"] for t in listed]
-    assert template_id not in ok(env.client(caller).get("/v3/pods/templates/tags"))
+class TestTemplateMatrix(PermissionMatrix):
+    kind = TEMPLATES
 
 
 def test_other_tenant_cannot_use_the_template_for_a_pod_or_a_chain(
@@ -308,7 +178,7 @@ def test_template_ids_are_unique_per_tenant_only(env: Env, new_id: Callable[[str
     # Deleting one tenant's template leaves the other's alone (and only that tenant's pods block it).
     ok(other.delete(f"/v3/pods/{pods['other']}"))
     ok(other.delete(f"/v3/pods/templates/{template_id}"))
-    assert state(env, template_id)["template"] and len(state(env, template_id)["tags"]) == 1
+    assert state(env, template_id)["row"] and len(state(env, template_id)["tags"]) == 1
     ok(env.client(OWNER).get(f"/v3/pods/{pods['default']}/derived"))
 
 
@@ -374,7 +244,7 @@ def test_wildcard_read_makes_a_template_public_to_its_tenant(env: Env, new_id: C
     before = state(env, template_id)
     for ep in ENDPOINTS:
         if ep.level != "READ":
-            refused(ep.call(stranger, template_id, STRANGER), 403)
+            refused(TEMPLATES.call(ep, stranger, template_id, STRANGER), 403)
     assert state(env, template_id) == before
 
     # An explicit grant still counts on top of the wildcard.
@@ -431,23 +301,6 @@ def test_wildcard_read_then_upgrade_is_refused(env: Env, new_id: Callable[[str],
 
 
 # ------------------------------------------------------------------------------------------------ grants
-
-
-def test_the_last_admin_cannot_be_removed_or_downgraded(env: Env, new_id: Callable[[str], str]) -> None:
-    template_id = new_id("tpl")
-    make_template(env, template_id, {"*": "READ"})
-    before = state(env, template_id)
-    owner = env.client(OWNER)
-    refused(owner.delete(f"/v3/pods/templates/{template_id}/permissions/{OWNER}"), 409)
-    refused(
-        owner.post(f"/v3/pods/templates/{template_id}/permissions", json={"user": OWNER, "level": "USER"}),
-        409,
-    )
-    assert state(env, template_id) == before
-    # With a second ADMIN, the first may step down.
-    ok(owner.post(f"/v3/pods/templates/{template_id}/permissions", json={"user": GRANTEE, "level": "ADMIN"}))
-    ok(owner.post(f"/v3/pods/templates/{template_id}/permissions", json={"user": OWNER, "level": "READ"}))
-    refused(owner.put(f"/v3/pods/templates/{template_id}", json={"description": "x"}), 403)
 
 
 def test_bad_permission_requests_are_400_or_404(env: Env, new_id: Callable[[str], str]) -> None:

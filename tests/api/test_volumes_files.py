@@ -9,9 +9,9 @@ pod which is not STOPPED mounts is a 409 unless ``?force=true``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from file_tree import tree
 
 from openpods.storage.local import TEMP_PREFIX
 from openpods.store.tables import Permission, Snapshot, Volume
@@ -60,18 +63,6 @@ def make_volume(c: httpx.Client, volume_id: str, size_limit: int | None = None) 
 
 def put(c: httpx.Client, volume_id: str, path: str, data: bytes, **params: Any) -> httpx.Response:
     return c.post(f"/v3/pods/volumes/{volume_id}/upload/{path}", files={"file": ("f", data)}, params=params)
-
-
-def tree(top: Path) -> dict[str, str]:
-    """Every entry below ``top``: sha256 of files, 'dir' for directories."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames:
-            out[str((Path(dirpath) / name).relative_to(top))] = "dir"
-        for name in filenames:
-            p = Path(dirpath) / name
-            out[str(p.relative_to(top))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def temp_files(top: Path) -> list[str]:

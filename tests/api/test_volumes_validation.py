@@ -3,11 +3,21 @@ no row, no permission, no directory, no change to an existing volume."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from api_envelope import (
+    assert_control_characters_are_4xx,
+    assert_unknown_ids_are_404,
+    error_text,
+    names_on_disk,
+)
 
 from openpods.store.tables import Permission, Volume
 
@@ -26,24 +36,11 @@ def c(srv: Any) -> httpx.Client:
     return srv.client(OWNER)
 
 
-def volumes_on_disk(srv: Any) -> list[str]:
-    top = srv.settings.data_dir / "storage" / "default" / "volumes"
-    return sorted(p.name for p in top.iterdir()) if top.exists() else []
-
-
-def messages(r: httpx.Response) -> str:
-    assert r.headers["content-type"] == "application/json", r.headers
-    body = r.json()
-    assert body["status"] == "error"
-    msg = body["message"]
-    return " | ".join(msg) if isinstance(msg, list) else msg
-
-
 def nothing_stored(srv: Any, volume_id: Any, before_disk: list[str]) -> None:
     if isinstance(volume_id, str):  # compared in Python: PostgreSQL refuses NUL bytes in a query parameter
         assert [r for r in srv.rows(Volume, tenant_id="default") if r["volume_id"] == volume_id] == []
         assert [r for r in srv.rows(Permission, object_type="volume") if r["object_id"] == volume_id] == []
-    assert volumes_on_disk(srv) == before_disk
+    assert names_on_disk(srv, "volumes") == before_disk
 
 
 BAD_IDS = {
@@ -67,10 +64,10 @@ BAD_IDS = {
 
 @pytest.mark.parametrize("volume_id", list(BAD_IDS.values()), ids=list(BAD_IDS))
 def test_bad_volume_id(srv: Any, c: httpx.Client, volume_id: Any) -> None:
-    before = volumes_on_disk(srv)
+    before = names_on_disk(srv, "volumes")
     r = c.post("/v3/pods/volumes", json={"volume_id": volume_id})
     assert r.status_code == 400, r.text
-    assert "volume_id" in messages(r)
+    assert "volume_id" in error_text(r)
     nothing_stored(srv, volume_id, before)
 
 
@@ -82,11 +79,11 @@ def test_longest_and_shortest_ids_are_fine(srv: Any, c: httpx.Client) -> None:
 
 
 def test_missing_volume_id(srv: Any, c: httpx.Client) -> None:
-    before = volumes_on_disk(srv)
+    before = names_on_disk(srv, "volumes")
     r = c.post("/v3/pods/volumes", json={"description": "no id"})
     assert r.status_code == 400, r.text
-    assert "volume_id" in messages(r)
-    assert volumes_on_disk(srv) == before
+    assert "volume_id" in error_text(r)
+    assert names_on_disk(srv, "volumes") == before
 
 
 BAD_SIZE_LIMITS = {
@@ -104,10 +101,10 @@ BAD_SIZE_LIMITS = {
 @pytest.mark.parametrize("size_limit", list(BAD_SIZE_LIMITS.values()), ids=list(BAD_SIZE_LIMITS))
 def test_bad_size_limit(srv: Any, c: httpx.Client, new_id: Callable, size_limit: Any) -> None:
     volume_id = new_id("vol")
-    before = volumes_on_disk(srv)
+    before = names_on_disk(srv, "volumes")
     r = c.post("/v3/pods/volumes", json={"volume_id": volume_id, "size_limit": size_limit})
     assert r.status_code == 400, r.text
-    assert "size_limit" in messages(r)
+    assert "size_limit" in error_text(r)
     nothing_stored(srv, volume_id, before)
 
 
@@ -125,10 +122,10 @@ def test_bad_size_limit(srv: Any, c: httpx.Client, new_id: Callable, size_limit:
 )
 def test_bad_fields(srv: Any, c: httpx.Client, new_id: Callable, body: dict[str, Any]) -> None:
     volume_id = new_id("vol")
-    before = volumes_on_disk(srv)
+    before = names_on_disk(srv, "volumes")
     r = c.post("/v3/pods/volumes", json={"volume_id": volume_id, **body})
     assert r.status_code == 400, r.text
-    assert next(iter(body)) in messages(r)
+    assert next(iter(body)) in error_text(r)
     nothing_stored(srv, volume_id, before)
 
 
@@ -138,11 +135,11 @@ def test_bad_fields(srv: Any, c: httpx.Client, new_id: Callable, body: dict[str,
     ids=["text", "list", "string", "truncated", "empty"],
 )
 def test_malformed_bodies(srv: Any, c: httpx.Client, content: bytes) -> None:
-    before = volumes_on_disk(srv)
+    before = names_on_disk(srv, "volumes")
     r = c.post("/v3/pods/volumes", content=content, headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
-    messages(r)
-    assert volumes_on_disk(srv) == before
+    error_text(r)
+    assert names_on_disk(srv, "volumes") == before
 
 
 @pytest.mark.parametrize(
@@ -174,29 +171,25 @@ def test_bad_update_changes_nothing(
     row = srv.rows(Volume, tenant_id="default", volume_id=volume_id)
     r = c.put(f"/v3/pods/volumes/{volume_id}", json=body)
     assert r.status_code == 400, r.text
-    assert next(iter(body)) in messages(r)
+    assert next(iter(body)) in error_text(r)
     assert srv.rows(Volume, tenant_id="default", volume_id=volume_id) == row
 
 
+URL_CALLS = [  # every call on one volume's URL
+    ("GET", ""),
+    ("PUT", ""),
+    ("DELETE", ""),
+    ("GET", "/list"),
+    ("GET", "/contents/a.txt"),
+    ("POST", "/upload/a.txt"),
+    ("GET", "/permissions"),
+    ("POST", "/permissions"),
+    ("DELETE", "/permissions/someone"),
+]
+
+
 def test_unknown_ids_in_urls_are_404(srv: Any, c: httpx.Client) -> None:
-    for volume_id in ("nosuchvolume", "BAD-ID", "x", "v" * 300):
-        for method, suffix in (
-            ("GET", ""),
-            ("PUT", ""),
-            ("DELETE", ""),
-            ("GET", "/list"),
-            ("GET", "/contents/a.txt"),
-            ("GET", "/permissions"),
-            ("DELETE", "/permissions/someone"),
-        ):
-            kwargs: dict[str, Any] = {"json": {"description": "x"}} if method == "PUT" else {}
-            r = c.request(method, f"/v3/pods/volumes/{volume_id}{suffix}", **kwargs)
-            assert r.status_code == 404, (volume_id, method, suffix, r.status_code, r.text)
-            assert volume_id[:50] in messages(r) or "not found" in messages(r).lower()
-        r = c.post(f"/v3/pods/volumes/{volume_id}/upload/a.txt", files={"file": ("a", b"a")})
-        assert r.status_code == 404, r.text
-        r = c.post(f"/v3/pods/volumes/{volume_id}/permissions", json={"user": "x", "level": "READ"})
-        assert r.status_code == 404, r.text
+    assert_unknown_ids_are_404(c, "/v3/pods/volumes", ("nosuchvolume", "BAD-ID", "x", "v" * 300), URL_CALLS)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +212,7 @@ def test_bad_permission_bodies(srv: Any, c: httpx.Client, new_id: Callable, body
     grants = srv.rows(Permission, object_type="volume", object_id=volume_id)
     r = c.post(f"/v3/pods/volumes/{volume_id}/permissions", json=body)
     assert r.status_code == 400, r.text
-    messages(r)
+    error_text(r)
     assert srv.rows(Permission, object_type="volume", object_id=volume_id) == grants
 
 
@@ -273,7 +266,7 @@ def test_bad_volume_mounts(srv: Any, c: httpx.Client, new_id: Callable, mount: d
         },
     )
     assert r.status_code == 400, r.text
-    assert "volume_mounts" in messages(r) or "mount" in messages(r)
+    assert "volume_mounts" in error_text(r) or "mount" in error_text(r)
     assert c.get(f"/v3/pods/{pod_id}").status_code == 404
 
 
@@ -290,7 +283,7 @@ def test_mount_of_a_missing_volume_or_snapshot(srv: Any, c: httpx.Client, new_id
             },
         )
         assert r.status_code in (400, 404), r.text
-        assert "nosuchthing" in messages(r)
+        assert "nosuchthing" in error_text(r)
         assert c.get(f"/v3/pods/{pod_id}").status_code == 404
 
 
@@ -301,32 +294,8 @@ def test_mount_of_a_missing_volume_or_snapshot(srv: Any, c: httpx.Client, new_id
 )
 def test_control_characters_in_url_ids_are_4xx(srv: Any, new_id: Callable, bad: str) -> None:
     """An id with a NUL byte or another control character (decoded from the URL) names nothing: 404 or 400 on
-    every volume endpoint, never a 500 (PostgreSQL refuses NUL bytes in query parameters)."""
-    calls = [
-        ("GET", ""),
-        ("PUT", ""),
-        ("DELETE", ""),
-        ("GET", "/list"),
-        ("GET", "/contents/a.txt"),
-        ("POST", "/upload/a.txt"),
-        ("GET", "/permissions"),
-        ("POST", "/permissions"),
-        ("DELETE", "/permissions/someone"),
-    ]
-    for method, suffix in calls:
-        kwargs: dict[str, Any] = {}
-        if method == "PUT":
-            kwargs["json"] = {"description": "x"}
-        elif suffix == "/permissions" and method == "POST":
-            kwargs["json"] = {"user": "x", "level": "READ"}
-        elif suffix.startswith("/upload"):
-            kwargs["files"] = {"file": ("a", b"a")}
-        with srv.client(OWNER) as fresh:  # a 500 may close the connection: one client per call
-            r = fresh.request(method, f"/v3/pods/volumes/{bad}{suffix}", **kwargs)
-        assert r.status_code in (400, 404), (method, suffix, r.status_code, r.text[:200])
-    # And in the user of a permission.
+    every volume endpoint, and as the user of a permission; never a 500 (PostgreSQL refuses NUL bytes in query
+    parameters)."""
     volume_id = new_id("vol")
     assert srv.client(OWNER).post("/v3/pods/volumes", json={"volume_id": volume_id}).status_code == 200
-    with srv.client(OWNER) as fresh:
-        r = fresh.delete(f"/v3/pods/volumes/{volume_id}/permissions/{bad}")
-    assert r.status_code in (400, 404), (r.status_code, r.text[:200])
+    assert_control_characters_are_4xx(srv, OWNER, "/v3/pods/volumes", bad, URL_CALLS, volume_id)
