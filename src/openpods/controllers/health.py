@@ -170,6 +170,12 @@ class Health:
             todo |= {k for k, at in self._due.items() if at <= now}
         self._listed = listing
         self._retry = set()
+        # A list from an event-fed cache may lag (list_lag_sec): for pods whose status changed within that time,
+        # ask the engine about their container rather than act on a view older than their row.
+        seen_at: dict[Key, datetime] = {}
+        lag = getattr(runtime, "list_lag_sec", 0.0) if runtime is not None else 0.0
+        if lag > 0:
+            await self._observe_recent(todo, containers, listed_at - timedelta(seconds=lag), seen_at, stats)
         deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
         problem = self.ctx.runtime_problem if runtime is None else ""
         writes: list[tuple[str, str, tuple[int, datetime], Decision]] = []
@@ -183,13 +189,14 @@ class Health:
             stats.decided += 1
             container = containers.get(key)
             cfacts = _container_facts(container) if container else None
-            decision = decide(known.facts, cfacts, now=now, listed_at=listed_at, deadline=deadline,
+            observed_at = seen_at.get(key, listed_at)
+            decision = decide(known.facts, cfacts, now=now, listed_at=observed_at, deadline=deadline,
                               runtime_problem=problem)
             if runtime is None:
                 decision.remove_container = False
             if decision.is_noop() or (decision.status_container == known.status_container and
                                       decision == Decision(status_container=decision.status_container)):
-                at = recheck_at(known.facts, listed_at=listed_at, now=now, deadline=deadline)
+                at = recheck_at(known.facts, listed_at=observed_at, now=now, deadline=deadline)
                 if at is not None:
                     self._due[key] = at
                 continue
@@ -211,6 +218,39 @@ class Health:
         PASS_SECONDS.observe(stats.seconds)
         self.last = stats
         return stats
+
+    async def _observe_recent(self, todo: set[Key], containers: dict[Key, ContainerState], horizon: datetime,
+                              seen_at: dict[Key, datetime], stats: PassStats) -> None:
+        """Replace the listed container of every pod in ``todo`` whose status was set after ``horizon`` by what
+        the engine says now (one observe each: as many as pods changed recently, not as pods), and record when
+        it was asked. A failed observe leaves the listed view, trusted only as of ``horizon``."""
+        assert self.ctx.runtime is not None
+        for key in sorted(todo):
+            known = self._known.get(key)
+            if known is None or known.facts.status_since <= horizon:
+                continue
+            try:
+                name = container_name(known.tenant_id, known.pod_id, self.ctx.installation_id)
+            except ValueError:
+                continue
+            listed = containers.get(key)
+            if listed is not None and listed.name != name:
+                continue  # an old-scheme name (renamed on a later pass)
+            asked_at = self.clock()
+            try:
+                state = await self.ctx.runtime.observe(name)
+            except RuntimeFailure as exc:
+                log.debug("could not observe %s: %s", name, exc)
+                seen_at[key] = horizon
+                continue
+            finally:
+                stats.engine_calls += 1
+                ENGINE_CALLS.labels("observe").inc()
+            seen_at[key] = asked_at
+            if state.state == "missing":
+                containers.pop(key, None)
+            else:
+                containers[key] = state
 
     async def _adopt_legacy_name(self, c: ContainerState, stats: PassStats) -> ContainerState:
         """A container of ours with the old scheme's name (no installation in it) gets its new name, so that
