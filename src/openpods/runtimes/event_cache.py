@@ -8,9 +8,12 @@ How it stays right:
   engine replays the events from then on, so none written while the stream starts is lost; Podman starts its
   reader concurrently with the response headers), then one full list is taken. Events of the overlap mark their
   containers again: duplicates cost an inspect, never correctness.
-- **Events only mark.** Every container event (other than those that change nothing we report: exec, attach,
-  health checks, ...) marks its container's name *dirty*; the next :meth:`ManagedCache.list` inspects each dirty
-  name once and applies the answer (``None``: gone). A burst larger than a list is settled by a list instead.
+- **Events mark, inspects settle.** Every container event (other than those that change nothing we report: exec,
+  attach, health checks, ...) marks its container's name *dirty*. A background thread inspects the dirty names
+  shortly after (once per burst: create, init and start come together) and applies the answers (``None``: gone);
+  :meth:`ManagedCache.list` inspects whatever is still dirty when it is called (the runtime's own changes, events
+  of the last moments), so a list costs one inspect per container changed since, usually none. A burst larger
+  than a list is settled by a list instead.
 - **Newest observation wins.** Every observation (an inspect, a full list) takes a sequence number *before* it
   asks the engine; an entry is only replaced by an observation that started later, and a removal leaves a
   tombstone with its number. So an inspect that raced with a full list, or an event that arrived while a list
@@ -234,11 +237,15 @@ class ManagedCache:
         self._lock = threading.Lock()
         self._fresh = False
         self._closed = False
+        self._stop = threading.Event()
         self._stream: EventStream | None = None
         self._thread: threading.Thread | None = None
         self._relisting = False
+        self._resolving = False
+        self._resolve_again = False
         self._last_relist = 0.0
         self._listeners: list[Callable[[], None]] = []
+        # Inspects of list(), the background inspects, the lists after (re)connecting and the periodic lists.
         self._pool = ThreadPoolExecutor(max_workers=inspect_workers, thread_name_prefix="openpods-engine-cache")
         # Counters for tests and benchmarks.
         self.real_lists = 0
@@ -265,6 +272,7 @@ class ManagedCache:
             self._closed = True
             self._fresh = False
             stream, thread = self._stream, self._thread
+        self._stop.set()
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.close()
@@ -309,7 +317,7 @@ class ManagedCache:
         self.start()
         if self._fresh:
             dirty = self.cache.dirty()
-            if len(dirty) > max(64, len(self.cache) // 10):
+            if len(dirty) > self._burst_limit():
                 return self._relist("burst")  # a list is cheaper than this many inspects
             if dirty:
                 for _ in self._pool.map(self._resolve, dirty):
@@ -319,6 +327,42 @@ class ManagedCache:
                 self._maybe_relist_in_background()
                 return self.cache.snapshot()
         return self._relist("stale")
+
+    def _burst_limit(self) -> int:
+        return max(64, len(self.cache) // 10)
+
+    def _kick(self) -> None:
+        """Settle the marks in the background (one worker at a time; marks made meanwhile make it go on)."""
+        with self._lock:
+            if self._resolving:
+                self._resolve_again = True
+                return
+            self._resolving = True
+        try:
+            self._pool.submit(self._background_resolve)
+        except RuntimeError:  # closed
+            self._resolving = False
+
+    def _background_resolve(self) -> None:
+        try:
+            while not self._stop.wait(0.05):  # a moment, so that one burst of events costs one inspect
+                with self._lock:
+                    self._resolve_again = False
+                dirty = self.cache.dirty()
+                if dirty and self._fresh:
+                    if len(dirty) > self._burst_limit():
+                        self._relist("burst")
+                    else:
+                        for name in dirty:
+                            self._resolve(name)
+                with self._lock:
+                    if not self._resolve_again:
+                        self._resolving = False
+                        return
+        except Exception as exc:  # the engine may be gone: the stream notices; list() inspects what is left
+            log.info("engine event cache: background inspect failed: %s", exc)
+        with self._lock:
+            self._resolving = False
 
     def _resolve(self, name: str) -> None:
         seq = self.cache.tick()
@@ -382,7 +426,8 @@ class ManagedCache:
                 self._notify()
             if time.monotonic() - opened > self._max_retry_sec:
                 delay = self._retry_sec  # it had been working: reconnect soon
-            time.sleep(delay)
+            if self._stop.wait(delay):
+                return
             delay = min(delay * 2, self._max_retry_sec)
 
     def _follow(self) -> None:
@@ -393,19 +438,33 @@ class ManagedCache:
                 return
             self._stream = stream
         try:
-            # The full list comes AFTER the stream is open: what changes from now on is in the stream (events
-            # of the list's own time are replayed too, and only cost an inspect).
-            self._relist("connect")
-            events = iter(stream)
-            with self._lock:
-                self._fresh = self._stream is stream and not self._closed
-            self._notify()
-            for event in events:
+            # The full list comes AFTER the stream is open (what changes from then on is in the stream; events
+            # of the list's own time are replayed too, and only cost an inspect), and runs beside the reading,
+            # so the events of its duration are marked as they come rather than after it.
+            self._pool.submit(self._connect_relist, stream)
+            for event in stream:
                 EVENTS.inc()
                 names = event_names(event)
                 if names:
                     self.cache.mark(names, event_id(event))
+                    self._kick()
                     self._notify()
         finally:
             with contextlib.suppress(Exception):
                 stream.close()
+
+    def _connect_relist(self, stream: EventStream) -> None:
+        """The full list after a (re)connection; the cache is fresh once it is applied, provided the same stream
+        is still open. A failed list ends the stream, so that both are tried again (with backoff)."""
+        try:
+            self._relist("connect")
+        except Exception as exc:
+            log.warning("engine event cache: list after connecting failed: %s", exc)
+            with contextlib.suppress(Exception):
+                stream.close()
+            return
+        with self._lock:
+            if self._stream is not stream or self._closed:
+                return
+            self._fresh = True
+        self._notify()
