@@ -258,3 +258,46 @@ async def test_a_periodic_list_corrects_a_cache_that_missed_events(
     await until(state_of(rt, spec.name), lambda s: s == "exited")  # ...until the background list corrects it
     assert cache.fresh
     await rt.remove(spec.name)
+
+
+def test_an_inspect_the_engine_refuses_falls_back_to_a_list() -> None:
+    """One container the engine will not describe (an error other than 'no such container') must not make
+    every list fail: the cache lists instead."""
+    import queue
+
+    from openpods.runtimes.event_cache import ManagedCache
+
+    events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    class Stream:
+        def __iter__(self) -> Iterator[dict[str, Any]]:
+            while (event := events.get()) is not None:
+                yield event
+
+        def close(self) -> None:
+            events.put(None)
+
+    engine = {"a": state("a"), "b": state("b")}
+
+    def inspect(name: str) -> Any:
+        if name == "b":
+            raise RuntimeError("engine error 500")
+        return (engine[name], name) if name in engine else None
+
+    cache = ManagedCache(open_stream=lambda since: Stream(), list_all=lambda: [(s, n) for n, s in engine.items()],
+                         inspect=inspect)
+    try:
+        cache.start()
+        for _ in range(int(WAIT_BOUND_SEC / 0.01)):
+            if cache.fresh:
+                break
+            threading.Event().wait(0.01)
+        assert cache.fresh
+        engine["b"] = state("b", "exited")
+        events.put({"Type": "container", "Action": "die", "Actor": {"ID": "b", "Attributes": {"name": "b"}}})
+        cache.changed("b")  # a mark list() sees whether or not the background got to it first
+        lists = cache.real_lists
+        assert {s.name: s.state for s in cache.list()} == {"a": "running", "b": "exited"}
+        assert cache.real_lists > lists
+    finally:
+        cache.close()

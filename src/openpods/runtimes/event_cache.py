@@ -306,8 +306,11 @@ class ManagedCache:
                 log.exception("engine event listener failed")
 
     def changed(self, *names: str) -> None:
-        """The runtime changed these containers itself: look at them on the next list."""
+        """The runtime changed these containers itself: look at them on the next list (or before, in the
+        background)."""
         self.cache.mark(names)
+        if self._fresh:
+            self._kick()
 
     # ------------------------------------------------------------------------------------ list
 
@@ -320,8 +323,12 @@ class ManagedCache:
             if len(dirty) > self._burst_limit():
                 return self._relist("burst")  # a list is cheaper than this many inspects
             if dirty:
-                for _ in self._pool.map(self._resolve, dirty):
-                    pass
+                try:
+                    for _ in self._pool.map(self._resolve, dirty):
+                        pass
+                except Exception as exc:  # one container the engine will not describe must not stop every list
+                    log.info("engine event cache: inspect failed, listing instead: %s", exc)
+                    return self._relist("inspect-failed")
             if self._fresh:  # still: the stream did not break meanwhile
                 self.cached_lists += 1
                 self._maybe_relist_in_background()
