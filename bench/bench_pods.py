@@ -126,6 +126,7 @@ def private_podman() -> Iterator[str]:
     (work / "containers.conf").write_text(
         '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
         f'[network]\nnetwork_config_dir = "{work}/net"\ndefault_network = "{net}"\n[engine]\nruntime = "runc"\n'
+        f'events_logger = "file"\nevents_logfile_path = "{work}/events.log"\n'  # not the host-wide event log
     )
     (work / "net" / f"{net}.json").write_text(
         json.dumps(

@@ -11,8 +11,9 @@
 #
 # What it does:
 #   1. apt-get installs podman, runc, busybox-static (and curl, iptables) when one of them is missing;
-#   2. writes a containers.conf that uses runc (crun fails on hybrid cgroups here) and default ulimits that a
-#      root without CAP_SYS_RESOURCE may set;
+#   2. writes a containers.conf that uses runc (crun fails on hybrid cgroups here), default ulimits that a
+#      root without CAP_SYS_RESOURCE may set, and the file event log (no systemd journal here; OpenPods follows
+#      GET /events to keep its container list current, see src/openpods/runtimes/event_cache.py);
 #   3. starts `podman system service --time=0 unix://$SOCK` in the background unless the socket already answers
 #      GET /_ping, and waits until it does;
 #   4. prints `export DOCKER_HOST=…` and `export CONTAINERS_CONF=…` on stdout (everything else goes to stderr).
@@ -46,7 +47,8 @@ want='[containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 
 [engine]
-runtime = "runc"'
+runtime = "runc"
+events_logger = "file"'
 if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$want" ]; then
     printf '%s\n' "$want" >"$CONF.tmp.$$"
     mv -f "$CONF.tmp.$$" "$CONF"

@@ -230,3 +230,46 @@ async def test_a_pod_deleted_and_made_again_between_passes_is_read_anew(env: Env
     stats = await env.incremental()
     assert stats.loaded == 1
     assert env.pod("pod001").status == st.REQUESTED
+
+
+class LaggingRuntime(FakeRuntime):
+    """A list from a cache fed by engine events (``list_lag_sec`` > 0): ``containers`` is what the engine has;
+    once ``frozen`` is set, that is what the cache has seen (its later events have not arrived yet); ``observe``
+    asks the engine."""
+
+    list_lag_sec = 2.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen: dict[str, ContainerState] | None = None
+
+    async def list_managed(self) -> list[ContainerState]:
+        self.calls["list"] += 1
+        return list((self.containers if self.frozen is None else self.frozen).values())
+
+    async def observe(self, name: str) -> ContainerState:
+        self.calls["observe"] += 1
+        return self.containers.get(name) or ContainerState.missing(name)
+
+
+async def test_a_lagging_list_is_not_trusted_for_a_pod_that_changed_within_the_lag(env: Env) -> None:
+    """Another process's spawner made a container and set its pod AVAILABLE a moment ago; the cached list has not
+    seen the container's events yet. The pass asks the engine about that one pod instead of concluding that its
+    container vanished (which would stop it); pods that changed earlier are judged by the list alone."""
+    runtime = LaggingRuntime()
+    env.runtime = runtime
+    env.ctx.runtime = runtime
+    await steady(env, 5)
+    runtime.frozen = dict(runtime.containers)
+    env.now += timedelta(seconds=2)
+    env.add_pod("fresh", st.AVAILABLE, running=True, since=env.now - timedelta(milliseconds=500))
+    stats = await env.health.pass_once(full=False)
+    assert env.pod("fresh").status == st.AVAILABLE, env.pod("fresh").status_container
+    assert runtime.calls["observe"] == 1 and stats.changes == 0
+    # Past the lag, the list is what counts: the container is gone from both, and the pod is stopped.
+    name = container_name("default", "fresh", env.ctx.installation_id)
+    del runtime.containers[name]
+    runtime.frozen = None
+    env.now += timedelta(seconds=3)
+    await env.health.pass_once(full=True)
+    assert env.pod("fresh").status == st.STOPPED

@@ -228,6 +228,10 @@ def isolated_podman() -> Iterator[Engine]:
         f'default_subnet_pools = [{{"base" = "{pool}", "size" = 24}}]\n'
         "[engine]\n"
         'runtime = "runc"\n'
+        # Its own event log: the default one (/run/libpod/events) is shared by every Podman on the host, and
+        # OpenPods follows GET /events (engine_events).
+        'events_logger = "file"\n'
+        f'events_logfile_path = "{work}/events.log"\n'
     )
     gateway = next(subnet.hosts())
     (work / "net" / f"{net_name}.json").write_text(

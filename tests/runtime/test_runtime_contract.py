@@ -2,6 +2,7 @@
 
 - ``fake``: the in-memory FakeRuntime (what the controller tests run on);
 - ``docker``: the Docker Engine API runtime on real Podman (fixtures of tests/runtime/conftest.py);
+- ``docker-events``: the same, with ``list_managed`` answered from the cache the engine's events keep;
 - ``kubernetes``: the Kubernetes runtime (real kubernetes_asyncio client) against kmock's KubernetesEmulator
   over real HTTP on 127.0.0.1, with a simulated kubelet, log and exec subresources (tests/runtime/kube_sim.py).
 
@@ -11,6 +12,7 @@ Waits poll the runtime until a condition holds, with a generous bound that only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sys
 import uuid
@@ -58,7 +60,7 @@ def _k8s_runtime(url: str, **kw: Any) -> Runtime:
                              installation_id=INSTALLATION, start_wait_sec=5.0, **kw)
 
 
-@pytest.fixture(params=["fake", "docker", "kubernetes"])
+@pytest.fixture(params=["fake", "docker", "docker-events", "kubernetes"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     kind = request.param
     tenant = f"t-{uuid.uuid4().hex[:8]}"
@@ -79,6 +81,18 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         url = request.getfixturevalue("engine_url")
         tenant = request.getfixturevalue("tenant")  # the session fixture removes its containers at the end
         yield Backend(kind, runtime, lambda: track(DockerRuntime(url, default_ulimits=DOCKER_ULIMITS)), tenant)
+    elif kind == "docker-events":  # list_managed answered from the engine-event cache
+        from openpods.runtimes.docker import DockerRuntime
+
+        request.getfixturevalue("test_images")
+        url = request.getfixturevalue("engine_url")
+        tenant = request.getfixturevalue("tenant")  # the session fixture removes its containers at the end
+
+        def events_runtime() -> Runtime:
+            return DockerRuntime(url, default_ulimits=DOCKER_ULIMITS, events=True, relist_sec=600)
+
+        runtime = track(events_runtime())
+        yield Backend(kind, runtime, lambda: track(events_runtime()), tenant)
     else:
         import kmock
 
@@ -289,3 +303,28 @@ async def test_crash_resume_a_new_client_finds_and_adopts_containers(backend: Ba
     assert (await fresh.exec(spec.name, ["echo", "resumed"], 30)).stdout == "resumed\n"
     await fresh.remove(spec.name, timeout_sec=1)
     assert (await fresh.observe(spec.name)).state == "missing"
+
+
+async def test_watch_managed_wakes_when_another_client_changes_a_container(backend: Backend) -> None:
+    """A runtime that can watch calls back when a managed container changes behind its back (another client
+    removes it), and its list follows; the default watch_managed returns at once (nothing to watch)."""
+    woken = asyncio.Event()
+    watcher = asyncio.create_task(backend.runtime.watch_managed(woken.set))
+    try:
+        await asyncio.sleep(0.2)
+        if watcher.done():
+            assert backend.kind in ("fake", "docker"), "only runtimes without a watch return at once"
+            return
+        spec = make_spec(backend, "busybox", command=SLEEPER)
+        await running(backend, spec)
+        await asyncio.wait_for(woken.wait(), WAIT_BOUND_SEC)  # its creation
+        await asyncio.sleep(0.5)  # let the events of its start arrive
+        woken.clear()
+        other = backend.new_runtime()
+        await other.remove(spec.name, timeout_sec=1)
+        await asyncio.wait_for(woken.wait(), WAIT_BOUND_SEC)
+        await until(backend.runtime.list_managed, lambda cs: spec.name not in {c.name for c in cs})
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

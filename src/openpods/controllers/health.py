@@ -18,10 +18,10 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import select, tuple_
@@ -47,6 +47,24 @@ ENGINE_CALLS = Counter("openpods_health_engine_calls_total", "Container engine c
 UNEXPECTED = Counter("openpods_unexpected_storage_dirs_total", "Storage directories found without a row.")
 ORPHANS = Counter("openpods_orphan_containers_removed_total", "Containers removed because no pod owns them.")
 NETWORK_PRUNE_INTERVAL_SEC = 60.0  # orphaned private pod networks are rare (crashes): look now and then
+ENGINE_CONCURRENCY = 4  # engine calls of one pass in flight at once (the runtime's threads are shared)
+T = TypeVar("T")
+
+
+async def _bounded(jobs: list[Coroutine[Any, Any, T]], limit: int) -> list[T]:
+    """Run the coroutines at most ``limit`` at a time; their results in order. The first exception is raised
+    after every job has finished (none is left running)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Coroutine[Any, Any, T]) -> T:
+        async with gate:
+            return await job
+
+    results = await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]
 
 
 @dataclass
@@ -116,6 +134,7 @@ class Health:
         self._retry: set[Key] = set()  # pods whose last decision was an action: decide again next pass
         self._due: dict[Key, datetime] = {}  # pods to decide again once this time has come (recheck_at)
         self._passes = 0
+        self._current_names: set[str] = set()  # listed names already known to be of the current scheme
 
     async def run(self) -> None:
         while True:
@@ -143,7 +162,8 @@ class Health:
             for c in listed:
                 # Only our installation's containers: another installation on the same engine is not ours to judge.
                 if c.tenant_id and c.pod_id and c.labels.get(LABEL_INSTALLATION) == self.ctx.installation_id:
-                    c = await self._adopt_legacy_name(c, stats)
+                    if c.name not in self._current_names:  # checked once per name, not once per pass
+                        c = await self._adopt_legacy_name(c, stats)
                     containers[(c.tenant_id, c.pod_id)] = c
             stats.containers = len(listed)
         if full is None:
@@ -170,9 +190,15 @@ class Health:
             todo |= {k for k, at in self._due.items() if at <= now}
         self._listed = listing
         self._retry = set()
+        # A list from an event-fed cache may lag (list_lag_sec): for pods whose status changed within that time,
+        # ask the engine about their container rather than act on a view older than their row.
+        seen_at: dict[Key, datetime] = {}
+        lag = getattr(runtime, "list_lag_sec", 0.0) if runtime is not None else 0.0
+        if lag > 0:
+            await self._observe_recent(todo, containers, listed_at - timedelta(seconds=lag), seen_at, stats)
         deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
         problem = self.ctx.runtime_problem if runtime is None else ""
-        writes: list[tuple[str, str, tuple[int, datetime], Decision]] = []
+        applies = []
         for key in sorted(todo):
             known = self._known.get(key)
             if known is None:
@@ -183,19 +209,23 @@ class Health:
             stats.decided += 1
             container = containers.get(key)
             cfacts = _container_facts(container) if container else None
-            decision = decide(known.facts, cfacts, now=now, listed_at=listed_at, deadline=deadline,
+            observed_at = seen_at.get(key, listed_at)
+            decision = decide(known.facts, cfacts, now=now, listed_at=observed_at, deadline=deadline,
                               runtime_problem=problem)
             if runtime is None:
                 decision.remove_container = False
             if decision.is_noop() or (decision.status_container == known.status_container and
                                       decision == Decision(status_container=decision.status_container)):
-                at = recheck_at(known.facts, listed_at=listed_at, now=now, deadline=deadline)
+                at = recheck_at(known.facts, listed_at=observed_at, now=now, deadline=deadline)
                 if at is not None:
                     self._due[key] = at
                 continue
             stats.changes += 1
             self._retry.add(key)  # until a pass decides "nothing to do" for it
-            writes.append(await self._apply(known, container, decision, stats))
+            applies.append(self._apply(known, container, decision, stats))
+        # The engine work of the changed pods (log captures, removals) runs a few at a time: a pass with k changes
+        # takes about k / ENGINE_CONCURRENCY engine round trips, not k.
+        writes: list[tuple[str, str, tuple[int, datetime], Decision]] = await _bounded(applies, ENGINE_CONCURRENCY)
         # One transaction for the pass's writes (a commit per pod cost more than the rest of the pass); each
         # write still checks that the row is the one decided on. Wake-ups only once it is committed.
         if writes:
@@ -212,6 +242,46 @@ class Health:
         self.last = stats
         return stats
 
+    async def _observe_recent(self, todo: set[Key], containers: dict[Key, ContainerState], horizon: datetime,
+                              seen_at: dict[Key, datetime], stats: PassStats) -> None:
+        """Replace the listed container of every pod in ``todo`` whose status was set after ``horizon`` by what
+        the engine says now (one observe each: as many as pods changed recently, not as pods), and record when
+        it was asked. A failed observe leaves the listed view, trusted only as of ``horizon``."""
+        runtime = self.ctx.runtime
+        assert runtime is not None
+
+        async def observe(key: Key, name: str) -> None:
+            asked_at = self.clock()
+            try:
+                state = await runtime.observe(name)
+            except RuntimeFailure as exc:
+                log.debug("could not observe %s: %s", name, exc)
+                seen_at[key] = horizon
+                return
+            finally:
+                stats.engine_calls += 1
+                ENGINE_CALLS.labels("observe").inc()
+            seen_at[key] = asked_at
+            if state.state == "missing":
+                containers.pop(key, None)
+            else:
+                containers[key] = state
+
+        jobs = []
+        for key in sorted(todo):
+            known = self._known.get(key)
+            if known is None or known.facts.status_since <= horizon:
+                continue
+            try:
+                name = container_name(known.tenant_id, known.pod_id, self.ctx.installation_id)
+            except ValueError:
+                continue
+            listed = containers.get(key)
+            if listed is not None and listed.name != name:
+                continue  # an old-scheme name (renamed on a later pass)
+            jobs.append(observe(key, name))
+        await _bounded(jobs, ENGINE_CONCURRENCY)
+
     async def _adopt_legacy_name(self, c: ContainerState, stats: PassStats) -> ContainerState:
         """A container of ours with the old scheme's name (no installation in it) gets its new name, so that
         exec, logs and uploads (which address containers by name) find it."""
@@ -220,7 +290,12 @@ class Health:
             new = container_name(c.tenant_id, c.pod_id, self.ctx.installation_id)
         except ValueError:
             return c
-        if c.name == new or c.name != legacy_container_name(c.tenant_id, c.pod_id) or c.name in self._rename_failed:
+        if c.name == new:
+            if len(self._current_names) > 4 * len(self._known) + 1000:  # names of long-gone containers
+                self._current_names.clear()
+            self._current_names.add(c.name)
+            return c
+        if c.name != legacy_container_name(c.tenant_id, c.pod_id) or c.name in self._rename_failed:
             return c
         try:
             await self.ctx.runtime.rename(c.name, new)

@@ -91,7 +91,9 @@ async def setup_runtime(ctx: AppContext, controllers: Controllers) -> None:
         return
     from openpods.domain.container_spec import parse_ulimit
 
-    ctx.runtime = DockerRuntime(url, default_ulimits=[parse_ulimit(u) for u in settings.default_ulimits])
+    ctx.runtime = DockerRuntime(url, default_ulimits=[parse_ulimit(u) for u in settings.default_ulimits],
+                                events=settings.engine_events, relist_sec=settings.engine_relist_sec,
+                                events_lag_sec=settings.engine_events_lag_sec)
     controllers.closers.append(ctx.runtime.close)
     try:
         ctx.gpus_supported = await ctx.runtime.supports_gpus()
@@ -134,7 +136,8 @@ async def setup_kubernetes_runtime(ctx: AppContext, controllers: Controllers) ->
 
 
 async def wake_health_on_changes(ctx: AppContext, *, debounce_sec: float = 0.2) -> None:
-    """With a runtime that can watch its containers (Kubernetes), wake the health loop when one changes, so a
+    """With a runtime that can watch its containers (Kubernetes; Docker/Podman with ``engine_events``), wake the
+    health loop when one changes, so a
     finished or failed pod is seen at once instead of at the next interval. Wake-ups only: the loop still
     lists (level-triggered), so a lost event costs at most one interval."""
     from openpods.bus.base import HEALTH, Wakeup

@@ -12,7 +12,7 @@ feature the engine lacks, a command the engine refused).
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -141,6 +141,12 @@ class Runtime(abc.ABC):
     one event loop; none of the methods may block the loop."""
 
     name: str = "abstract"
+    #: How far behind the engine a :meth:`list_managed` answer may be, in seconds. 0: every call asks the engine.
+    #: A runtime that answers from a cache fed by the engine's events may miss the changes that other processes
+    #: (or the engine itself) made during the last ``list_lag_sec`` seconds; its own operations are never missed.
+    #: Callers that must not act on an outdated observation (the health loop, for pods whose status changed
+    #: that recently) ask :meth:`observe` instead.
+    list_lag_sec: float = 0.0
 
     @abc.abstractmethod
     async def ensure_running(self, spec: ContainerSpec) -> ContainerState:
@@ -178,13 +184,22 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def list_managed(self) -> list[ContainerState]:
-        """Every container labelled ``openpods.managed=true`` (running or not), in ONE engine call.
+        """Every container labelled ``openpods.managed=true`` (running or not), in ONE engine call, or from a
+        cache that the engine's events keep up to date: then one engine call per container that changed since the
+        previous call (a full list when that would cost more, or when the cache may have missed events), and the
+        answer may lag by up to :attr:`list_lag_sec` for changes this runtime did not make itself.
 
         This is what the health loop uses once per pass, so the cost must not grow with per-container calls.
         ``host_ports`` are filled from that same call. ``started_at``/``finished_at`` may be None when the
         engine's list does not report them (use :meth:`observe` for one container when they matter), and
         ``exit_code`` may be None when the engine's list does not say it.
         """
+
+    async def watch_managed(self, on_change: Callable[[], None]) -> None:
+        """Optional: call ``on_change`` (in the caller's event loop) whenever a managed container may have
+        changed; runs until cancelled. Only a wake-up, never a state: a missed or extra call changes nothing,
+        since :meth:`list_managed` tells what exists. The default (a runtime that cannot watch) returns at once."""
+        return
 
     @abc.abstractmethod
     async def observe(self, name: str) -> ContainerState:

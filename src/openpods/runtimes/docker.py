@@ -3,7 +3,9 @@
 Blocking ``docker`` (docker-py) calls run in a thread pool owned by the runtime, so long uploads, execs and log
 reads never block the event loop nor starve each other. The low-level ``docker.APIClient`` is used throughout:
 ``list_managed`` is exactly one ``GET /containers/json`` call (docker-py's high-level ``containers.list()``
-would inspect every container).
+would inspect every container), or, with ``events=True``, an answer from a cache that the engine's event stream
+keeps up to date (:mod:`openpods.runtimes.event_cache`): one inspect per container that changed since the
+previous call, and a full list only when the cache may have missed events.
 
 Engine notes (Podman 4.3 compat API, verified): setting any ulimit through the API drops Podman's
 containers.conf ``default_ulimits`` for the other limits, which then exceed what a root without
@@ -57,6 +59,7 @@ from openpods.domain.container_spec import (
     LABEL_POD_ID,
     LABEL_TENANT,
     MANAGED_SELECTOR,
+    MANAGED_VALUE,
     ContainerSpec,
     Ulimit,
     published_ports_from_labels,
@@ -76,6 +79,7 @@ from openpods.runtimes.base import (
     RuntimeUnavailable,
     UnsupportedFeature,
 )
+from openpods.runtimes.event_cache import ManagedCache
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -469,6 +473,9 @@ class DockerRuntime(Runtime):
     - ``api_timeout_sec``: socket timeout of each engine call (streams use their own deadlines).
     - ``max_workers``: threads for blocking engine calls (and HTTP connections kept to the engine).
     - ``exec_output_max_bytes``: stdout and stderr of an exec are each cut after this many bytes.
+    - ``events``: answer :meth:`list_managed` from a cache fed by the engine's event stream (see
+      :mod:`openpods.runtimes.event_cache`), with a full list every ``relist_sec`` in the background;
+      ``events_lag_sec`` is then :attr:`list_lag_sec`. :meth:`watch_managed` needs it.
     """
 
     name = "docker"
@@ -483,6 +490,9 @@ class DockerRuntime(Runtime):
         max_workers: int = 16,
         exec_output_max_bytes: int = 1 << 20,
         upload_chunk_bytes: int = 1 << 20,
+        events: bool = False,
+        relist_sec: float = 60.0,
+        events_lag_sec: float = 2.0,
     ) -> None:
         self._base_url = base_url
         self._default_ulimits = tuple(default_ulimits)
@@ -497,6 +507,11 @@ class DockerRuntime(Runtime):
         self._is_podman = False
         self._local_engine = False
         self._closed = False
+        self._events: ManagedCache | None = None
+        if events:
+            self._events = ManagedCache(open_stream=self._open_event_stream, list_all=self._list_with_ids,
+                                        inspect=self._inspect_with_id, relist_sec=relist_sec)
+            self.list_lag_sec = events_lag_sec
 
     # -------------------------------------------------------------------------------------- plumbing
 
@@ -569,7 +584,16 @@ class DockerRuntime(Runtime):
     # -------------------------------------------------------------------------------------- ensure_running
 
     async def ensure_running(self, spec: ContainerSpec) -> ContainerState:
-        return await self._run(f"ensure_running {spec.name}", self._ensure_running_sync, spec)
+        try:
+            return await self._run(f"ensure_running {spec.name}", self._ensure_running_sync, spec)
+        finally:
+            self._changed(spec.name)
+
+    def _changed(self, *names: str) -> None:
+        """Our own change: the event cache looks at these containers on the next list (before their events
+        arrive)."""
+        if self._events is not None:
+            self._events.changed(*names)
 
     def _ensure_running_sync(self, spec: ContainerSpec) -> ContainerState:
         api = self._api()
@@ -773,7 +797,10 @@ class DockerRuntime(Runtime):
     # -------------------------------------------------------------------------------------- remove / observe
 
     async def remove(self, name: str, timeout_sec: float = 10) -> None:
-        await self._run(f"remove {name}", self._remove_sync, name, timeout_sec)
+        try:
+            await self._run(f"remove {name}", self._remove_sync, name, timeout_sec)
+        finally:
+            self._changed(name)
 
     def _remove_sync(self, name: str, timeout_sec: float) -> None:
         api = self._api()
@@ -831,7 +858,10 @@ class DockerRuntime(Runtime):
         return removed
 
     async def rename(self, name: str, new_name: str) -> None:
-        await self._run(f"rename {name}", lambda: self._api().rename(name, new_name))
+        try:
+            await self._run(f"rename {name}", lambda: self._api().rename(name, new_name))
+        finally:
+            self._changed(name, new_name)
 
     async def observe(self, name: str) -> ContainerState:
         return await self._run(f"observe {name}", self._observe_sync, name)
@@ -841,11 +871,56 @@ class DockerRuntime(Runtime):
         return ContainerState.missing(name) if info is None else state_from_inspect(info)
 
     async def list_managed(self) -> list[ContainerState]:
+        if self._events is not None:
+            return await self._run("list containers", self._events.list)
         return await self._run("list containers", self._list_sync)
 
     def _list_sync(self) -> list[ContainerState]:
         items = self._api().containers(all=True, filters={"label": MANAGED_SELECTOR})
         return [state_from_list_item(item) for item in items]
+
+    # -------------------------------------------------------------------------------------- event cache
+
+    @property
+    def event_cache(self) -> ManagedCache | None:
+        """The event-fed cache behind :meth:`list_managed` (None without ``events``); for tests and benchmarks."""
+        return self._events
+
+    def _list_with_ids(self) -> list[tuple[ContainerState, str]]:
+        items = self._api().containers(all=True, filters={"label": MANAGED_SELECTOR})
+        return [(state_from_list_item(item), str(item.get("Id") or "")) for item in items]
+
+    def _inspect_with_id(self, name: str) -> tuple[ContainerState, str] | None:
+        info = self._inspect_or_none(self._api(), name)
+        if info is None:
+            return None
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_MANAGED) != MANAGED_VALUE:
+            return None  # not (or no longer) a managed container: not in the list either
+        return state_from_inspect(info), str(info.get("Id") or "")
+
+    def _open_event_stream(self, since: float) -> Any:
+        # docker-py reads events without a socket timeout: an idle stream is not an error.
+        return self._api().events(since=int(since), decode=True,
+                                  filters={"label": [MANAGED_SELECTOR], "type": ["container"]})
+
+    async def watch_managed(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` (in this event loop) after every event of a managed container, and when the event
+        cache turns stale or fresh again; runs until cancelled. Without ``events`` there is nothing to watch
+        and it returns at once. Only a wake-up: :meth:`list_managed` is what tells the state."""
+        if self._events is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(on_change)
+
+        self._events.add_listener(wake)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._events.remove_listener(wake)
 
     # -------------------------------------------------------------------------------------- logs
 
@@ -1172,6 +1247,8 @@ class DockerRuntime(Runtime):
 
     async def close(self) -> None:
         self._closed = True
+        if self._events is not None:
+            await asyncio.to_thread(self._events.close)
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
