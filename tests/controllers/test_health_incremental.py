@@ -25,7 +25,7 @@ from openpods.domain.container_spec import (
     MANAGED_VALUE,
     container_name,
 )
-from openpods.runtimes.base import ContainerState
+from openpods.runtimes.base import ContainerState, RuntimeUnavailable
 from openpods.store.db import transaction
 from openpods.store.tables import Pod
 
@@ -273,3 +273,32 @@ async def test_a_lagging_list_is_not_trusted_for_a_pod_that_changed_within_the_l
     env.now += timedelta(seconds=3)
     await env.health.pass_once(full=True)
     assert env.pod("fresh").status == st.STOPPED
+
+
+async def test_an_action_is_never_taken_on_the_cached_view_alone(env: Env) -> None:
+    """An event that arrives later than the lag (a loaded engine) must not make the pass stop a pod: whatever the
+    cached list says that would change a pod is confirmed with the engine first (one call per action)."""
+    runtime = LaggingRuntime()
+    env.runtime = runtime
+    env.ctx.runtime = runtime
+    await steady(env, 5)
+    env.now += timedelta(seconds=30)
+    env.add_pod("late", st.AVAILABLE, running=True, since=env.now - timedelta(seconds=20))
+    runtime.frozen = {n: c for n, c in runtime.containers.items() if "late" not in n}  # its events still due
+    runtime.calls.clear()
+    stats = await env.health.pass_once(full=False)
+    assert env.pod("late").status == st.AVAILABLE, env.pod("late").status_container
+    assert runtime.calls["observe"] == 1 and stats.changes == 0
+    # The engine cannot be asked: no action now (and none on the cache), a retry on the next pass.
+    real_observe = runtime.observe
+
+    async def failing(name: str) -> ContainerState:
+        raise RuntimeUnavailable("engine restarting")
+
+    runtime.observe = failing  # type: ignore[method-assign]
+    stats = await env.health.pass_once(full=False)  # the cache still disagrees: looked at again, not trusted
+    assert env.pod("late").status == st.AVAILABLE and stats.changes == 0 and stats.decided == 1
+    runtime.observe = real_observe  # type: ignore[method-assign]
+    del runtime.containers[container_name("default", "late", env.ctx.installation_id)]  # now really gone
+    stats = await env.health.pass_once(full=False)  # retried, confirmed: the pod's container is gone
+    assert env.pod("late").status == st.STOPPED

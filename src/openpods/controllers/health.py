@@ -198,15 +198,9 @@ class Health:
             await self._observe_recent(todo, containers, listed_at - timedelta(seconds=lag), seen_at, stats)
         deadline = timedelta(seconds=self.ctx.settings.stuck_deadline_sec)
         problem = self.ctx.runtime_problem if runtime is None else ""
-        applies = []
-        for key in sorted(todo):
-            known = self._known.get(key)
-            if known is None:
-                continue  # deleted (its container, if any, was an orphan above)
-            self._due.pop(key, None)
-            if runtime is None and known.facts.status not in (st.REQUESTED, st.STOPPED):
-                continue  # without an engine, nothing can be observed: never conclude a container is gone
-            stats.decided += 1
+
+        def decide_for(known: _Known, key: Key) -> Decision | None:
+            """The decision for one pod, or None when there is nothing to do (then maybe a recheck time)."""
             container = containers.get(key)
             cfacts = _container_facts(container) if container else None
             observed_at = seen_at.get(key, listed_at)
@@ -219,10 +213,46 @@ class Health:
                 at = recheck_at(known.facts, listed_at=observed_at, now=now, deadline=deadline)
                 if at is not None:
                     self._due[key] = at
-                continue
+                return None
+            return decision
+
+        actions: dict[Key, tuple[_Known, Decision]] = {}
+        for key in sorted(todo):
+            known = self._known.get(key)
+            if known is None:
+                continue  # deleted (its container, if any, was an orphan above)
+            self._due.pop(key, None)
+            if runtime is None and known.facts.status not in (st.REQUESTED, st.STOPPED):
+                continue  # without an engine, nothing can be observed: never conclude a container is gone
+            stats.decided += 1
+            decision = decide_for(known, key)
+            if decision is not None:
+                actions[key] = (known, decision)
+        if lag > 0:
+            # Never act on a cached view alone: what a lagging list shows (a container gone, exited, another
+            # instance) is confirmed by asking the engine about that one container, and decided again. One call
+            # per action, so still proportional to changes; an event delivered late cannot make us stop a pod.
+            unconfirmed = {key for key in actions if key not in seen_at}
+            if unconfirmed:
+                failed = await self._observe_recent(unconfirmed, containers, None, seen_at, stats)
+                for key in sorted(unconfirmed):
+                    known = actions[key][0]
+                    if key in failed:  # the engine did not answer: act on a later pass, not on the cache
+                        del actions[key]
+                        self._retry.add(key)
+                        continue
+                    decision = decide_for(known, key)
+                    if decision is None:
+                        # The cache disagrees with the engine (its events are late): look again next pass.
+                        del actions[key]
+                        self._retry.add(key)
+                    else:
+                        actions[key] = (known, decision)
+        applies = []
+        for key, (known, decision) in sorted(actions.items()):
             stats.changes += 1
             self._retry.add(key)  # until a pass decides "nothing to do" for it
-            applies.append(self._apply(known, container, decision, stats))
+            applies.append(self._apply(known, containers.get(key), decision, stats))
         # The engine work of the changed pods (log captures, removals) runs a few at a time: a pass with k changes
         # takes about k / ENGINE_CONCURRENCY engine round trips, not k.
         writes: list[tuple[str, str, tuple[int, datetime], Decision]] = await _bounded(applies, ENGINE_CONCURRENCY)
@@ -242,13 +272,17 @@ class Health:
         self.last = stats
         return stats
 
-    async def _observe_recent(self, todo: set[Key], containers: dict[Key, ContainerState], horizon: datetime,
-                              seen_at: dict[Key, datetime], stats: PassStats) -> None:
-        """Replace the listed container of every pod in ``todo`` whose status was set after ``horizon`` by what
-        the engine says now (one observe each: as many as pods changed recently, not as pods), and record when
-        it was asked. A failed observe leaves the listed view, trusted only as of ``horizon``."""
+    async def _observe_recent(self, todo: set[Key], containers: dict[Key, ContainerState],
+                              horizon: datetime | None, seen_at: dict[Key, datetime], stats: PassStats
+                              ) -> set[Key]:
+        """Replace the listed container of every pod in ``todo`` whose status was set after ``horizon`` (every
+        pod in ``todo`` when it is None) by what the engine says now (one observe each: as many as pods changed
+        recently, not as pods), and record when it was asked. A failed observe leaves the listed view, trusted
+        only as of ``horizon`` (as of the list when None); returns the pods whose observe failed."""
         runtime = self.ctx.runtime
         assert runtime is not None
+
+        failed: set[Key] = set()
 
         async def observe(key: Key, name: str) -> None:
             asked_at = self.clock()
@@ -256,7 +290,9 @@ class Health:
                 state = await runtime.observe(name)
             except RuntimeFailure as exc:
                 log.debug("could not observe %s: %s", name, exc)
-                seen_at[key] = horizon
+                failed.add(key)
+                if horizon is not None:
+                    seen_at[key] = horizon
                 return
             finally:
                 stats.engine_calls += 1
@@ -270,7 +306,7 @@ class Health:
         jobs = []
         for key in sorted(todo):
             known = self._known.get(key)
-            if known is None or known.facts.status_since <= horizon:
+            if known is None or (horizon is not None and known.facts.status_since <= horizon):
                 continue
             try:
                 name = container_name(known.tenant_id, known.pod_id, self.ctx.installation_id)
@@ -281,6 +317,7 @@ class Health:
                 continue  # an old-scheme name (renamed on a later pass)
             jobs.append(observe(key, name))
         await _bounded(jobs, ENGINE_CONCURRENCY)
+        return failed
 
     async def _adopt_legacy_name(self, c: ContainerState, stats: PassStats) -> ContainerState:
         """A container of ours with the old scheme's name (no installation in it) gets its new name, so that
