@@ -131,6 +131,7 @@ class Settings(BaseSettings):
         le=100,
         description="PostgreSQL: connections (autocommit) on which the API's event loop runs its hottest reads "
         "(get_pod, the pod list's signature), besides the engine's pool.",
+        json_schema_extra={"unit": "connections per API process"},
     )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
