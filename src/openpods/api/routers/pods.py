@@ -131,9 +131,14 @@ _VIEW_ROWS = (select(Pod.pod_id, Pod.revision, Pod.creation_ts, *rawjson.raw_jso
 _SIG_ALL = (select(func.aggregate_strings(Pod.pod_id, ","), func.aggregate_strings(cast(Pod.revision, String), ","),
                    func.aggregate_strings(cast(Pod.creation_ts, String), ","))
             .where(Pod.tenant_id == bindparam("tenant_id")))
-_SIG_GRANTED = _SIG_ALL.join(Permission, and_(
-    Permission.object_type == "pod", Permission.tenant_id == Pod.tenant_id, Permission.object_id == Pod.pod_id,
-    Permission.username == bindparam("username")))
+# An ordinary user's list is the tenant's pods (their versions as above) that the user holds a grant on: unchanged
+# while both are unchanged. Two scans of one index each instead of a join: on SQLite the join's probe per pod
+# cost 3x the scans.
+_SIG_GRANTED = _SIG_ALL.add_columns(
+    select(func.aggregate_strings(Permission.object_id, ","))
+    .where(Permission.object_type == "pod", Permission.tenant_id == bindparam("tenant_id"),
+           Permission.username == bindparam("username"))
+    .scalar_subquery())
 _SIG_ALL_READ, _SIG_GRANTED_READ = FastReads(_SIG_ALL), FastReads(_SIG_GRANTED)
 
 
