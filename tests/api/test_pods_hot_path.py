@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any
 
 import jwt
 import pytest
-from sqlalchemy import create_engine, delete, update
+from sqlalchemy import create_engine, delete, text, update
 from sqlalchemy.pool import NullPool
 
 from openpods.auth.token_cache import VerifiedTokenCache
@@ -100,6 +101,28 @@ def test_a_write_by_another_process_shows_at_once(server: Any, new_id: Any) -> N
         other.dispose()
     if server.ctx.engine.dialect.name == "postgresql":
         assert server.ctx.reads is not None and len(server.ctx.reads) >= 1
+
+
+def test_reads_survive_the_database_cutting_every_connection(server: Any, new_id: Any) -> None:
+    """PostgreSQL restarted (or an idle timeout): the event loop's read connections are broken while idle; the
+    next get and list answer on new ones, not with 503 or 500."""
+    if server.ctx.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's connections only (SQLite opens a local file)")
+    user = new_id("user")
+    clients = [server.client(user) for _ in range(4)]
+    c = clients[0]
+    pod_id = new_id("pod")
+    assert c.post("/v3/pods", json={"pod_id": pod_id, "image": IMAGE, "status_requested": "OFF"}).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:  # reads at once: several idle connections
+        assert set(pool.map(lambda i: clients[i % 4].get(f"/v3/pods/{pod_id}").status_code, range(80))) == {200}
+    assert server.ctx.reads is not None and len(server.ctx.reads) >= 1
+    with server.ctx.engine.connect() as conn:
+        cut = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all()
+    assert cut
+    for _ in range(2 * server.settings.api_read_connections):  # every broken idle connection is met once
+        assert c.get(f"/v3/pods/{pod_id}").status_code == 200
+        assert pod_id in ids(c.get("/v3/pods"))
 
 
 def test_a_pod_deleted_and_made_again_is_shown_anew(server: Any, new_id: Any) -> None:

@@ -64,7 +64,7 @@ class AsyncReadPool:
         assert self._slots is not None, "call available() first"
         async with self._slots:
             for attempt in range(2):
-                reused = bool(self._idle)
+                reused = attempt == 0 and bool(self._idle)  # a retry takes a new one: the others may be broken too
                 conn = self._idle.pop() if reused else await self._connect(read.sql, args)
                 try:
                     cursor = conn.cursor()
@@ -73,7 +73,7 @@ class AsyncReadPool:
                 except psycopg.Error as exc:
                     if conn.broken or conn.closed:
                         await self._discard(conn)
-                        if reused and attempt == 0 and isinstance(exc, psycopg.OperationalError):
+                        if reused and isinstance(exc, psycopg.OperationalError):
                             continue  # it went stale while idle: once more, on a new connection
                     else:
                         self._idle.append(conn)  # autocommit: a failed statement leaves nothing behind
