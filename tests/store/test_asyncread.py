@@ -63,7 +63,7 @@ async def test_a_read_sees_what_another_connection_committed_and_keeps_no_transa
             assert await pool.first(read, {"id": "a"}) == (f"v{n}",)
             assert len(pool) == 1
             # Nothing is left open on the reused connection (no snapshot held, nothing for VACUUM to wait on).
-            (conn,) = pool._idle
+            ((conn, _),) = pool._idle
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         writer.execute("DELETE FROM items WHERE id = 'a'")
         assert await pool.first(read, {"id": "a"}) is None
@@ -120,7 +120,7 @@ def test_the_pool_serves_one_loop_at_a_time(engine: Engine) -> None:
     try:
         assert first.run_until_complete(use()) == ("first",)
         assert second.run_until_complete(use()) == "unavailable"  # the first loop's connections are in use
-        (old,) = pool._idle
+        ((old, _),) = pool._idle
         first.close()
         assert second.run_until_complete(use()) == ("first",)  # the first loop is gone: the second takes over
         assert old.closed and len(pool) == 1

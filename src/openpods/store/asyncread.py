@@ -35,7 +35,8 @@ class AsyncReadPool:
         # The engine's own connect arguments (host, credentials, its adapters), so both paths connect alike.
         _, self._connect_args = engine.dialect.create_connect_args(engine.url)
         self.max_size = max_size
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        # Idle connections, each with its cursor (reused: making one per read costs more than the rest of it).
+        self._idle: list[tuple[psycopg.AsyncConnection[Any], psycopg.AsyncCursor[Any]]] = []
         self._size = 0  # open connections, idle or in use
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -51,7 +52,7 @@ class AsyncReadPool:
             if self._closed or (self._loop is not None and not self._loop.is_closed()):
                 return False
             # Unbound, or its loop is gone (with it any use of its connections): drop those, bind this one.
-            for conn in self._idle:
+            for conn, _ in self._idle:
                 with contextlib.suppress(Exception):
                     conn.pgconn.finish()
             self._idle, self._size = [], 0
@@ -65,9 +66,8 @@ class AsyncReadPool:
         async with self._slots:
             for attempt in range(2):
                 reused = attempt == 0 and bool(self._idle)  # a retry takes a new one: the others may be broken too
-                conn = self._idle.pop() if reused else await self._connect(read.sql, args)
+                conn, cursor = self._idle.pop() if reused else await self._connect(read.sql, args)
                 try:
-                    cursor = conn.cursor()
                     await cursor.execute(read.sql, args)
                     row = await cursor.fetchone()
                 except psycopg.Error as exc:
@@ -76,22 +76,22 @@ class AsyncReadPool:
                         if reused and isinstance(exc, psycopg.OperationalError):
                             continue  # it went stale while idle: once more, on a new connection
                     else:
-                        self._idle.append(conn)  # autocommit: a failed statement leaves nothing behind
+                        self._idle.append((conn, cursor))  # autocommit: a failed statement leaves nothing behind
                     raise _sqlalchemy_error(read.sql, args, exc) from exc
                 except BaseException:
                     await self._discard(conn)  # cancelled in the middle of a round trip: its state is unknown
                     raise
-                self._idle.append(conn)
+                self._idle.append((conn, cursor))
                 return read.convert(row)
         raise AssertionError("unreachable")
 
-    async def _connect(self, sql: str, args: Any) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self, sql: str, args: Any) -> tuple[psycopg.AsyncConnection[Any], psycopg.AsyncCursor[Any]]:
         try:
             conn = await psycopg.AsyncConnection.connect(**self._connect_args, autocommit=True)
         except psycopg.Error as exc:
             raise _sqlalchemy_error(sql, args, exc) from exc
         self._size += 1
-        return conn
+        return conn, conn.cursor()
 
     async def _discard(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._size -= 1
@@ -102,7 +102,7 @@ class AsyncReadPool:
         """Close the idle connections (on the pool's loop, at shutdown); the pool is not used afterwards."""
         self._closed = True
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             await self._discard(conn)
 
     def __len__(self) -> int:
