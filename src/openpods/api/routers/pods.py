@@ -17,6 +17,7 @@ from openpods.api import permissions_common as perms
 from openpods.api import rawjson
 from openpods.api.deps import Caller, Ctx, check_level, check_own_grant, get_identity
 from openpods.api.envelope import BadRequest, Conflict, no_change, ok
+from openpods.api.fast_routes import DirectRoute
 from openpods.api.routing import api_router
 from openpods.auth.tokens import Identity
 from openpods.bus.base import HEALTH, SPAWNER, Wakeup
@@ -142,7 +143,6 @@ _SIG_GRANTED = _SIG_ALL.add_columns(
 _SIG_ALL_READ, _SIG_GRANTED_READ = FastReads(_SIG_ALL), FastReads(_SIG_GRANTED)
 
 
-@router.get("", operation_id="list_pods", summary="list_pods")
 async def list_pods(request: Request) -> Response:
     """One aggregate query answers an unchanged list from the cache, on the event loop (SQLite: a local
     index-only scan; PostgreSQL: one round trip on an autocommit connection, store.asyncread). Otherwise, in the
@@ -163,6 +163,10 @@ async def list_pods(request: Request) -> Response:
     if body is not None:
         return Response(body, media_type="application/json")
     return await run_in_threadpool(_list_pods, ctx, caller, signature)
+
+
+router.add_api_route("", list_pods, methods=["GET"], operation_id="list_pods", summary="list_pods",
+                     route_class_override=DirectRoute)  # called directly (api.fast_routes)
 
 
 def _list_scope(caller: Identity) -> tuple[str, str]:
@@ -260,7 +264,6 @@ _GET_VIEW = (
 _GET_VIEW_READ = FastReads(_GET_VIEW)
 
 
-@router.get("/{pod_id}", operation_id="get_pod", summary="get_pod")
 async def get_pod(request: Request, pod_id: str) -> Response:
     # The hottest endpoint: the context and caller without FastAPI dependencies (solving them cost more than
     # the query). One primary-key read, on the event loop: on SQLite (a local file in WAL mode, where readers
@@ -276,6 +279,10 @@ async def get_pod(request: Request, pod_id: str) -> Response:
     else:
         row = await run_in_threadpool(_GET_VIEW_READ.first, ctx.engine, params)
     return _pod_response(ctx, caller, pod_id, row)
+
+
+router.add_api_route("/{pod_id}", get_pod, methods=["GET"], operation_id="get_pod", summary="get_pod",
+                     route_class_override=DirectRoute)  # called directly (api.fast_routes)
 
 
 def _pod_response(ctx: AppContext, caller: Identity, pod_id: str, row: tuple[Any, ...] | None) -> Response:
