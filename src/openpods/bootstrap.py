@@ -53,6 +53,10 @@ def build_context(settings: Settings, *, migrate: bool = True, bus: Bus | None =
         proxy_secret=settings.proxy_secret or load_or_create_secret(keys / "proxy-secret"),
     )
     ctx.token_cache = VerifiedTokenCache(settings.token_cache_sec)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        from openpods.store.asyncread import AsyncReadPool
+
+        ctx.reads = AsyncReadPool(engine, settings.api_read_connections)
     from openpods.services.proxy import make_route_table
 
     ctx.proxy_config = make_route_table(settings, ctx.sessions, ctx.proxy_secret)

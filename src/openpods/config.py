@@ -132,6 +132,14 @@ class Settings(BaseSettings):
         description="Seconds a verified token (with its site-admin flag) is reused without verifying it again; "
         "a revoked token or a changed admin flag takes effect in other processes within this time. 0 disables.",
     )
+    api_read_connections: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="PostgreSQL: connections (autocommit) on which the API's event loop runs its hottest reads "
+        "(get_pod, the pod list's signature), besides the engine's pool.",
+        json_schema_extra={"unit": "connections per API process"},
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call the API from browsers (e.g. a TapisUI)."
     )

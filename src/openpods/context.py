@@ -24,6 +24,7 @@ from openpods.store.view_cache import FragmentCache
 
 if TYPE_CHECKING:  # services sit above this module: importing them at run time would cycle
     from openpods.services.proxy import RouteTable
+    from openpods.store.asyncread import AsyncReadPool
 
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ class AppContext:
     loop: asyncio.AbstractEventLoop | None = None  # runs the runtime adapter (set by the controllers' runner)
     token_cache: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)  # verified tokens, short-lived
     pod_views: FragmentCache = field(default_factory=FragmentCache)  # get/list_pods: rendered pods by revision
+    reads: AsyncReadPool | None = None  # PostgreSQL: the hot reads on the event loop (store.asyncread)
 
     def run_async(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run a coroutine on the adapters' loop from a worker thread (sync endpoints)."""

@@ -70,6 +70,8 @@ async def serve_async(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
         await ctx.bus.close()
+        if ctx.reads is not None:
+            await ctx.reads.close()
 
 
 async def _build_context_when_database_answers(settings: Settings) -> AppContext:

@@ -9,16 +9,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any
 
 import jwt
 import pytest
+from sqlalchemy import create_engine, delete, text, update
+from sqlalchemy.pool import NullPool
 
 from openpods.auth.token_cache import VerifiedTokenCache
 from openpods.auth.tokens import Identity
 from openpods.domain import status as st
 from openpods.store.db import transaction
-from openpods.store.tables import Pod
+from openpods.store.tables import Permission, Pod
 
 IMAGE = "localhost/openpods-test/http"
 
@@ -72,6 +75,54 @@ def test_list_and_get_show_every_change_at_once(server: Any, new_id: Any) -> Non
     assert oc.delete(f"/v3/pods/{pod_id}").status_code == 200
     assert pod_id not in ids(oc.get("/v3/pods"))
     assert oc.get(f"/v3/pods/{pod_id}").status_code == 404
+
+
+def test_a_write_by_another_process_shows_at_once(server: Any, new_id: Any) -> None:
+    """Another process (spawner, health loop, another API replica) writes through its own connections: the
+    next get and list show it. On PostgreSQL these reads run on the event loop's autocommit connections."""
+    owner = new_id("owner")
+    c = server.client(owner)
+    pod_id = new_id("pod")
+    assert c.post("/v3/pods", json={"pod_id": pod_id, "image": IMAGE, "status_requested": "OFF"}).status_code == 200
+    assert c.get(f"/v3/pods/{pod_id}").status_code == 200 and pod_id in ids(c.get("/v3/pods"))  # cached now
+    other = create_engine(server.settings.effective_database_url, poolclass=NullPool)
+    try:
+        for n in range(8):  # past psycopg's prepare threshold
+            with other.begin() as conn:
+                conn.execute(update(Pod).where(Pod.tenant_id == "default", Pod.pod_id == pod_id)
+                             .values(description=f"elsewhere {n}", revision=Pod.revision + 1))
+            assert c.get(f"/v3/pods/{pod_id}").json()["result"]["description"] == f"elsewhere {n}"
+            assert by_id(c.get("/v3/pods"), pod_id)["description"] == f"elsewhere {n}"
+        with other.begin() as conn:
+            conn.execute(delete(Permission).where(Permission.object_id == pod_id, Permission.username == owner))
+        assert c.get(f"/v3/pods/{pod_id}").status_code == 404
+        assert pod_id not in ids(c.get("/v3/pods"))
+    finally:
+        other.dispose()
+    if server.ctx.engine.dialect.name == "postgresql":
+        assert server.ctx.reads is not None and len(server.ctx.reads) >= 1
+
+
+def test_reads_survive_the_database_cutting_every_connection(server: Any, new_id: Any) -> None:
+    """PostgreSQL restarted (or an idle timeout): the event loop's read connections are broken while idle; the
+    next get and list answer on new ones, not with 503 or 500."""
+    if server.ctx.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's connections only (SQLite opens a local file)")
+    user = new_id("user")
+    clients = [server.client(user) for _ in range(4)]
+    c = clients[0]
+    pod_id = new_id("pod")
+    assert c.post("/v3/pods", json={"pod_id": pod_id, "image": IMAGE, "status_requested": "OFF"}).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:  # reads at once: several idle connections
+        assert set(pool.map(lambda i: clients[i % 4].get(f"/v3/pods/{pod_id}").status_code, range(80))) == {200}
+    assert server.ctx.reads is not None and len(server.ctx.reads) >= 1
+    with server.ctx.engine.connect() as conn:
+        cut = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all()
+    assert cut
+    for _ in range(2 * server.settings.api_read_connections):  # every broken idle connection is met once
+        assert c.get(f"/v3/pods/{pod_id}").status_code == 200
+        assert pod_id in ids(c.get("/v3/pods"))
 
 
 def test_a_pod_deleted_and_made_again_is_shown_anew(server: Any, new_id: Any) -> None:

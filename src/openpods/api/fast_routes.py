@@ -1,18 +1,26 @@
-"""Hot routes first, with the same answers.
+"""Hot routes first, with the same answers, and called directly.
 
 Starlette (and FastAPI) match a request against the routes in order. ``GET /v3/pods/{pod_id}`` and
 ``GET /v3/pods`` come last (fixed paths such as ``/v3/pods/volumes`` must win over ``{pod_id}``), so every
 get/list paid for ~70 failed matches first. :func:`hoist` moves such a route to the front, narrowed so that it
 matches no path that any route before it could match (``{pod_id}`` then excludes ``volumes``, ``templates``,
-…). Where that cannot be shown from the routes' paths, the route stays where it is."""
+…). Where that cannot be shown from the routes' paths, the route stays where it is.
+
+:class:`DirectRoute` calls an endpoint that takes only the request and string path parameters, and returns a
+Response, without FastAPI's per-request dependency solving and validation (there is nothing to validate: a path
+parameter is a string). Its OpenAPI description is FastAPI's, from the same signature."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 _PARAM = re.compile(r"^\{(\w+)\}$")
@@ -90,3 +98,26 @@ def first_match(routes: list[BaseRoute], scope: dict[str, Any]) -> BaseRoute | N
         if match == Match.PARTIAL and partial is None:
             partial = route
     return partial
+
+
+class DirectRoute(APIRoute):
+    """An APIRoute whose endpoint is awaited with the request and its path parameters as they are (see the module
+    docstring). Any other endpoint gets FastAPI's usual handler."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        dep, endpoint = self.dependant, self.endpoint
+        direct = (inspect.iscoroutinefunction(endpoint) and dep.request_param_name is not None
+                  and not (dep.query_params or dep.header_params or dep.cookie_params or dep.body_params
+                           or dep.dependencies or dep.background_tasks_param_name or dep.response_param_name
+                           or dep.websocket_param_name or dep.http_connection_param_name
+                           or dep.security_scopes_param_name)
+                  and all(p.field_info.annotation is str for p in dep.path_params))
+        if not direct:
+            return super().get_route_handler()
+        request_name, path_names = dep.request_param_name, [p.name for p in dep.path_params]
+
+        async def handler(request: Request) -> Response:
+            params = request.path_params
+            return await endpoint(**{request_name: request}, **{name: params[name] for name in path_names})
+
+        return handler
