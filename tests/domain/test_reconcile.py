@@ -443,3 +443,24 @@ def test_decide_answers_nothing_to_do_until_recheck_at(status: str, requested: s
     if until is not None and until > NOW:
         # ... and the answer may differ right after it (not required: recheck_at may be early).
         run(p, c, now=until + timedelta(seconds=1), listed_at=until)
+
+
+def test_an_exit_is_judged_only_once_it_has_settled() -> None:
+    """``docker rm -f`` kills the container (137) and removes it a moment later: seen in between it must not be
+    an ERROR (final); once it is gone the pod is started again. A real crash is judged EXIT_SETTLE later."""
+    from openpods.domain.reconcile import EXIT_SETTLE
+
+    just_now = (LISTED_AT - timedelta(milliseconds=200)).replace(tzinfo=UTC)
+    killed = dataclasses.replace(container("exited", exit_code=137), finished_at=just_now)
+    p = pod(st.AVAILABLE)
+    assert run(p, killed).is_noop()
+    settles = just_now.replace(tzinfo=None) + EXIT_SETTLE
+    assert recheck_at(p, listed_at=LISTED_AT, now=NOW, deadline=DEADLINE, container=killed) == settles
+    # looked at again after it settled (even if the pass that waited ended later than that)
+    late = settles + timedelta(seconds=5)
+    assert recheck_at(p, listed_at=LISTED_AT, now=late, deadline=DEADLINE, container=killed) == late
+    # removed meanwhile: no container, the pod is stopped (and, being ON, started again)
+    assert run(p, None).status == st.STOPPED
+    # still there once settled: a crash
+    d = run(p, killed, now=settles + timedelta(seconds=1), listed_at=settles)
+    assert d.status == st.ERROR and d.capture_logs

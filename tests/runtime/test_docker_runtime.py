@@ -705,3 +705,50 @@ def test_scripts_are_idempotent(engine_url: str, engine_is_podman: bool, test_im
     )
     assert proc.returncode == 0, proc.stderr
     assert "present" in proc.stderr and time.monotonic() - t0 < 30
+
+
+def test_a_container_half_removed_by_podman_counts_as_gone() -> None:
+    """Podman 4.3 answers inspect of a container whose removal is under way with a 500 "no such container";
+    treated as an error, the health loop could never confirm the container is gone and replace it."""
+    import docker as docker_sdk
+    from requests import Response
+
+    from openpods.runtimes.docker import DockerRuntime
+
+    class Api:
+        def __init__(self, status: int, message: str) -> None:
+            self.status, self.message = status, message
+
+        def inspect_container(self, name: str) -> dict:
+            response = Response()
+            response.status_code = self.status
+            raise docker_sdk.errors.APIError("inspect", response=response, explanation=self.message)
+
+    half_gone = Api(500, "container f79d does not exist in database: no such container")
+    assert DockerRuntime._inspect_or_none(half_gone, "c") is None  # type: ignore[arg-type]
+    with pytest.raises(docker_sdk.errors.APIError):
+        DockerRuntime._inspect_or_none(Api(500, "database is locked"), "c")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not __import__("shutil").which("iptables"), reason="needs root and iptables")
+def test_the_bridge_isolation_rule_is_moved_back_above_a_jump_put_on_top() -> None:
+    """netavark inserts its NETAVARK_FORWARD jump (accepting a pod subnet) at the top of FORWARD when it sets a
+    network up: our DROP between pod bridges must end up first again (it is re-checked after every start)."""
+    from openpods.runtimes.docker import ensure_bridge_isolation_rule
+
+    ours = ["-A", "FORWARD", "-i", "opb+", "-o", "opb+", "-j", "DROP"]
+    above = ["FORWARD", "-i", "opbtestnone", "-j", "ACCEPT"]  # matches no interface: harmless while it exists
+
+    def forward_rules() -> list[list[str]]:
+        out = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True, check=True)
+        return [line.split() for line in out.stdout.splitlines() if line.startswith("-A FORWARD ")]
+
+    assert ensure_bridge_isolation_rule()
+    subprocess.run(["iptables", "-w", "-I", "FORWARD", "1", *above[1:]], check=True)
+    try:
+        assert forward_rules()[0] != ours
+        assert ensure_bridge_isolation_rule()
+        rules = forward_rules()
+        assert rules[0] == ours and rules.count(ours) == 1
+    finally:
+        subprocess.run(["iptables", "-w", "-D", *above], check=True)

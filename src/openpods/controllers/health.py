@@ -118,7 +118,7 @@ def _signature(c: ContainerState) -> tuple[Any, ...]:
 
 def _container_facts(c: ContainerState) -> ContainerFacts:
     return ContainerFacts(state=c.state, instance_id=c.instance_id or "", exit_code=c.exit_code,
-                          started_at=c.started_at, message=c.message)
+                          started_at=c.started_at, message=c.message, finished_at=c.finished_at)
 
 
 class Health:
@@ -210,7 +210,7 @@ class Health:
                 decision.remove_container = False
             if decision.is_noop() or (decision.status_container == known.status_container and
                                       decision == Decision(status_container=decision.status_container)):
-                at = recheck_at(known.facts, listed_at=observed_at, now=now, deadline=deadline)
+                at = recheck_at(known.facts, listed_at=observed_at, now=now, deadline=deadline, container=cfacts)
                 if at is not None:
                     self._due[key] = at
                 return None
@@ -226,6 +226,7 @@ class Health:
                 continue  # without an engine, nothing can be observed: never conclude a container is gone
             stats.decided += 1
             decision = decide_for(known, key)
+            log.debug("pod %s/%s (%s) with %s: %s", *key, known.facts.status, containers.get(key), decision)
             if decision is not None:
                 actions[key] = (known, decision)
         if lag > 0:
@@ -250,6 +251,7 @@ class Health:
                         actions[key] = (known, decision)
         applies = []
         for key, (known, decision) in sorted(actions.items()):
+            log.debug("pod %s/%s (%s): %s", *key, known.facts.status, decision)
             stats.changes += 1
             self._retry.add(key)  # until a pass decides "nothing to do" for it
             applies.append(self._apply(known, containers.get(key), decision, stats))
@@ -288,8 +290,14 @@ class Health:
             asked_at = self.clock()
             try:
                 state = await runtime.observe(name)
+                if state.state == "missing":
+                    # Renamed to the old scheme a moment ago (the cache may not show it yet): still ours.
+                    legacy = await runtime.observe(legacy_container_name(*key))
+                    stats.engine_calls += 1
+                    if legacy.labels.get(LABEL_INSTALLATION) == self.ctx.installation_id:
+                        state = legacy
             except RuntimeFailure as exc:
-                log.debug("could not observe %s: %s", name, exc)
+                log.warning("could not observe %s (%s); its pod is judged again on a later pass", name, exc)
                 failed.add(key)
                 if horizon is not None:
                     seen_at[key] = horizon

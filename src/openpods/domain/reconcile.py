@@ -22,7 +22,7 @@ Rules (Tapis semantics, with its stuck states fixed):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from openpods.domain import status as st
@@ -48,6 +48,23 @@ class ContainerFacts:
     exit_code: int | None = None
     started_at: datetime | None = None
     message: str = ""
+    finished_at: datetime | None = None  # when it exited (UTC-aware), if the engine said
+
+
+# An exit is judged only once it is this old: ``docker rm -f`` (or an engine removing a container) kills it
+# first and removes it a moment later. Seen in between, a container being removed must not read as a crash
+# (ERROR, final) but, once gone, as "no container" (the pod is started again). Real exits wait this long.
+EXIT_SETTLE = timedelta(seconds=1)
+
+
+def _exit_settles_at(container: ContainerFacts | None) -> datetime | None:
+    """Naive UTC time from which an exited container's exit is judged (None: at once)."""
+    if container is None or container.state != "exited" or container.finished_at is None:
+        return None
+    finished = container.finished_at
+    if finished.tzinfo is not None:
+        finished = finished.astimezone(UTC).replace(tzinfo=None)
+    return finished + EXIT_SETTLE
 
 
 @dataclass
@@ -178,6 +195,9 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
             d.log = "health set pod to OFF due to time_to_stop trigger"
         return d
     if container.state == "exited":
+        settles = _exit_settles_at(container)
+        if settles is not None and listed_at < settles:
+            return d  # maybe being removed: look again once the exit has settled (recheck_at)
         d.capture_logs = True
         if container.exit_code == 0:
             d.status = st.COMPLETE
@@ -199,13 +219,15 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
     return d
 
 
-def recheck_at(pod: PodFacts, *, listed_at: datetime, now: datetime, deadline: timedelta) -> datetime | None:
+def recheck_at(pod: PodFacts, *, listed_at: datetime, now: datetime, deadline: timedelta,
+               container: ContainerFacts | None = None) -> datetime | None:
     """When :func:`decide` may answer differently for the same pod facts and the same container observation
     merely because time passed (the health loop skips a pod whose inputs did not change until then):
 
     - the pod's status was set after this pass's list call: the next list settles it (→ ``now``);
     - its transitional deadline (``status_since + deadline``) has not passed yet;
-    - its ``time_to_stop_ts`` has not passed yet.
+    - its ``time_to_stop_ts`` has not passed yet;
+    - its container's exit has not settled yet (:data:`EXIT_SETTLE`).
 
     None: never (until the pod row or its container changes). Times already past are not returned, since the
     rules that depend on them answer the same from then on (a time equal to ``now`` is returned: the deadline
@@ -213,4 +235,7 @@ def recheck_at(pod: PodFacts, *, listed_at: datetime, now: datetime, deadline: t
     if pod.status_since > listed_at:
         return now
     future = [t for t in (pod.status_since + deadline, pod.time_to_stop_ts) if t is not None and t >= now]
+    settles = _exit_settles_at(container)
+    if settles is not None and settles > listed_at:  # decide waited for it: look again, even if late
+        future.append(max(settles, now))
     return min(future) if future else None

@@ -424,7 +424,7 @@ def translate_error(exc: BaseException, what: str) -> BaseException:
 #: Prefix of the bridges of pods' private networks (Linux interface names have at most 15 characters).
 POD_BRIDGE_PREFIX = "opb"
 _isolation_rule_lock = threading.Lock()
-_isolation_rule_ok = False
+_isolation_rule_ok: bool | None = None  # None: not tried yet; False: iptables unusable here
 
 
 def pod_bridge_name(network_name: str) -> str:
@@ -432,16 +432,29 @@ def pod_bridge_name(network_name: str) -> str:
     return POD_BRIDGE_PREFIX + hashlib.sha256(network_name.encode()).hexdigest()[:12]
 
 
+def _rule_is_first(exe: str, rule: list[str]) -> bool | None:
+    """Whether ``rule`` is the first rule of its chain (None: it is not in the chain at all)."""
+    listed = subprocess.run([exe, "-w", "-S", rule[0]], capture_output=True, text=True, timeout=30, check=True)
+    rules = [line.split() for line in listed.stdout.splitlines() if line.startswith(f"-A {rule[0]} ")]
+    mine = ["-A", *rule]
+    if mine not in rules:
+        return None
+    return rules[0] == mine
+
+
 def ensure_bridge_isolation_rule() -> bool:
     """Make sure the host drops traffic forwarded from one pod bridge to another (IPv4 and, where present, IPv6):
-    ``FORWARD -i opb+ -o opb+ -j DROP``, first in the chain. Idempotent; needs root and iptables on the host of
-    a local engine. Traffic within one bridge is not forwarded, so a pod still reaches itself; the host
-    (Traefik, through the published ports) and the outside world are not affected. Returns whether the rule is
-    in place (a failure is logged once and leaves isolation to the engine)."""
+    ``FORWARD -i opb+ -o opb+ -j DROP``, *first* in the chain. netavark inserts its own ``NETAVARK_FORWARD``
+    jump (which accepts a pod subnet's traffic) at the top of FORWARD when it sets up a network, which would put
+    it above ours: so this is called again after every container start, and moves the rule back to the top.
+    Needs root and iptables on the host of a local engine; costs one ``iptables -S`` when all is in place.
+    Traffic within one bridge is not forwarded, so a pod still reaches itself; the host (Traefik, through the
+    published ports) and the outside world are not affected. Returns whether the rule is in place (a failure
+    is logged once and leaves isolation to the engine)."""
     global _isolation_rule_ok
     with _isolation_rule_lock:
-        if _isolation_rule_ok:
-            return True
+        if _isolation_rule_ok is False:
+            return False
         rule = ["FORWARD", "-i", f"{POD_BRIDGE_PREFIX}+", "-o", f"{POD_BRIDGE_PREFIX}+", "-j", "DROP"]
         ok = False
         for tool in ("iptables", "ip6tables"):
@@ -449,16 +462,19 @@ def ensure_bridge_isolation_rule() -> bool:
             if exe is None:
                 continue
             try:
-                present = subprocess.run([exe, "-w", "-C", *rule], capture_output=True, timeout=30).returncode == 0
-                if not present:
+                first = _rule_is_first(exe, rule)
+                if first is not True:
+                    if first is False:  # present, but something was put above it
+                        subprocess.run([exe, "-w", "-D", *rule], capture_output=True, timeout=30, check=True)
                     subprocess.run([exe, "-w", "-I", *rule[:1], "1", *rule[1:]], capture_output=True, timeout=30,
                                    check=True)
                 ok = ok or tool == "iptables"
             except (OSError, subprocess.SubprocessError) as exc:
                 log.warning("could not install the pod bridge isolation rule with %s: %s", tool, exc)
-        if not ok:
+        if not ok and _isolation_rule_ok is None:
             log.warning("pods' private networks rely on the engine alone to keep them apart (no iptables rule)")
-        _isolation_rule_ok = ok
+        if _isolation_rule_ok is None:
+            _isolation_rule_ok = ok  # iptables unusable on this host: do not try on every start
         return ok
 
 
@@ -571,6 +587,12 @@ class DockerRuntime(Runtime):
             return api.inspect_container(name)
         except docker.errors.NotFound:
             return None
+        except docker.errors.APIError as exc:
+            # Podman 4.3 answers 500 "... does not exist in database: no such container" for a container whose
+            # removal is under way or left it half gone; it is not listed any more: gone, for every caller.
+            if "no such container" in _engine_message(exc).lower():
+                return None
+            raise
 
     def _require_running(self, api: docker.APIClient, name: str) -> dict[str, Any]:
         info = self._inspect_or_none(api, name)
@@ -768,6 +790,8 @@ class DockerRuntime(Runtime):
     def _start(self, api: docker.APIClient, spec: ContainerSpec) -> None:
         try:
             api.start(spec.name)
+            if self._is_podman and self._local_engine:
+                ensure_bridge_isolation_rule()  # netavark may just have put its FORWARD jump above our rule
         except docker.errors.NotFound:
             raise RuntimeErrorTemporary(f"container {spec.name} disappeared before it could start") from None
         except docker.errors.APIError as exc:
