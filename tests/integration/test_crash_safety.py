@@ -265,6 +265,13 @@ def _port_diagnostics(engine: Any, container: Any, port: int) -> str:
                                                and "--dport" not in r))
     except (OSError, subprocess.SubprocessError) as exc:
         lines.append(f"iptables failed: {exc}")
+    # Two bridges with the same subnet (or a stale route) send the DNATed packets to the wrong bridge.
+    for argv in (["ip", "-4", "route"], ["ip", "-4", "-o", "addr"]):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+            lines.append(f"{' '.join(argv)}: " + "; ".join(out.splitlines()))
+        except (OSError, subprocess.SubprocessError) as exc:
+            lines.append(f"{' '.join(argv)} failed: {exc}")
     return "\n".join(lines)
 
 
