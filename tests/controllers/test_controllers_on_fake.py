@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,13 @@ from openpods.controllers.health import Health
 from openpods.controllers.runner import setup_storage
 from openpods.controllers.spawner import Spawner
 from openpods.domain import status as st
-from openpods.domain.container_spec import LABEL_INSTALLATION, build_container_spec, container_name
-from openpods.runtimes.base import RuntimeErrorPermanent, RuntimeUnavailable
+from openpods.domain.container_spec import (
+    LABEL_INSTALLATION,
+    ContainerSpec,
+    build_container_spec,
+    container_name,
+)
+from openpods.runtimes.base import ContainerState, RuntimeErrorPermanent, RuntimeUnavailable
 from openpods.runtimes.fake import FakeEngine, FakeRuntime, stop_all
 from openpods.store.tables import Pod
 
@@ -97,6 +103,48 @@ async def test_crashed_container_turns_the_pod_to_error_with_its_logs(site: dict
     assert "137" in row.status_container["message"] and "OOM" in row.status_container["message"]
     logs = (await client.get("/v3/pods/crashy/logs")).json()["result"]["logs"]
     assert "http: serving /www on port 5000" in logs
+
+
+class SpawnerKilled(BaseException):
+    """The spawner process dies (SIGKILL): nothing of it runs any more, no handler sees this."""
+
+
+class DiesDuringStart(FakeRuntime):
+    """The engine carries out the start only in part when its client dies in the middle of it: the container
+    runs, but its published ports are not forwarded; the spawner never hears back."""
+
+    async def ensure_running(self, spec: ContainerSpec) -> ContainerState:
+        await super().ensure_running(spec)
+        self.engine.drop_forwarding(spec.name)
+        raise SpawnerKilled
+
+
+async def test_a_container_whose_start_no_live_spawner_saw_succeed_is_replaced(site: dict[str, Any]) -> None:
+    """A spawner killed during a container's start leaves the pod in SPAWNER SETUP with a running container that
+    the engine may have set up only in part (here: its published port does not answer). After the deadline the
+    restarted controllers do not adopt that container: the pod ends up AVAILABLE with a container whose published
+    port answers."""
+    ctx, engine, client = site["ctx"], site["engine"], site["client"]
+    await create_pod(client, "halfway", image="http", networking={"default": {"protocol": "http", "port": 5000}})
+    ctx.runtime = DiesDuringStart(engine)
+    with pytest.raises(SpawnerKilled):
+        await Spawner(ctx).pass_once()
+    name = container_name(ctx.settings.default_tenant, "halfway", ctx.installation_id)
+    assert engine.containers[name].state == "running" and not engine.containers[name].forwarded
+    assert pod(ctx, "halfway").status == st.SPAWNER_SETUP
+
+    # The restarted process, once the pod is past its deadline.
+    ctx.runtime = FakeRuntime(engine)
+    later = ctx.clock() + timedelta(seconds=ctx.settings.stuck_deadline_sec + 1)
+    health, spawner = Health(ctx, clock=lambda: later), Spawner(ctx)
+    for _ in range(3):
+        await health.pass_once()
+        await spawner.pass_once()
+    await health.pass_once()
+    row = pod(ctx, "halfway")
+    assert row.status == st.AVAILABLE
+    port = row.host_ports.get("default")
+    assert isinstance(port, int) and engine.answers(port), f"AVAILABLE, but port {port} does not answer"
 
 
 async def test_finished_container_completes(site: dict[str, Any]) -> None:

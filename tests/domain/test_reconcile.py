@@ -157,19 +157,40 @@ def test_spawner_setup_past_the_deadline_is_requested_again() -> None:
     d = run(pod(st.SPAWNER_SETUP, since=LONG_AGO), None)
     assert d.status == st.REQUESTED
     assert d.wake_spawner is True
+    assert (d.remove_container, d.new_instance) == (False, False)
     assert "SPAWNER SETUP" in d.log
 
 
-@pytest.mark.parametrize("state", ["running", "created"])
-def test_spawner_setup_past_the_deadline_with_its_container_is_requested_again(state: str) -> None:
-    """A spawner killed after it created the container but before it marked the pod CREATING leaves the pod in
-    SPAWNER SETUP *with* a container of the current instance. The rule is unconditional ("SPAWNER SETUP past the
-    deadline (a spawner died mid-way) → REQUESTED again"): the spawner then adopts the container (same instance
-    label) and the pod proceeds. Nothing else ever moves such a pod: the spawner only claims REQUESTED pods."""
-    d = run(pod(st.SPAWNER_SETUP, since=LONG_AGO), container(state))
+def test_spawner_setup_past_the_deadline_with_its_running_container_starts_afresh() -> None:
+    """A spawner killed while it started the container (before it marked the pod CREATING) leaves the pod in
+    SPAWNER SETUP with a running container of the current instance. The rule is unconditional ("SPAWNER SETUP
+    past the deadline (a spawner died mid-way) → REQUESTED again"): nothing else ever moves such a pod, the
+    spawner only claims REQUESTED pods. The container is not adopted: no live spawner saw its start succeed (the
+    engine may have carried out a start whose client died only in part), so it is removed and a new instance
+    begins."""
+    d = run(pod(st.SPAWNER_SETUP, since=LONG_AGO), container("running"))
     assert d.status == st.REQUESTED, f"pod stays stuck in SPAWNER SETUP: {d}"
     assert d.wake_spawner is True
-    assert d.remove_container is False  # same instance: the spawner adopts it
+    assert d.remove_container is True
+    assert d.new_instance is True  # a late answer of the old spawner (same instance) is moot
+
+
+def test_spawner_setup_past_the_deadline_with_its_created_container_is_requested_again() -> None:
+    """Killed after the create, before the start: the next spawner adopts the container and starts it itself (a
+    slow spawner's container is caught here most of the time, and must not be replaced over and over)."""
+    d = run(pod(st.SPAWNER_SETUP, since=LONG_AGO), container("created"))
+    assert d.status == st.REQUESTED, f"pod stays stuck in SPAWNER SETUP: {d}"
+    assert d.wake_spawner is True
+    assert (d.remove_container, d.new_instance) == (False, False)
+
+
+def test_spawner_setup_past_the_deadline_with_an_earlier_instances_container_is_requested_again() -> None:
+    """The spawner died while replacing the previous instance's container: that container is removed and the pod
+    re-driven, instead of waiting forever for a replacement that nobody is making."""
+    d = run(pod(st.SPAWNER_SETUP, since=LONG_AGO), container(instance="inst-old"))
+    assert d.status == st.REQUESTED, f"pod stays stuck in SPAWNER SETUP: {d}"
+    assert d.remove_container is True
+    assert d.wake_spawner is True
 
 
 # ------------------------------------------------------------------------------------------------ ON: running

@@ -265,6 +265,22 @@ def _port_diagnostics(engine: Any, container: Any, port: int) -> str:
                                                and "--dport" not in r))
     except (OSError, subprocess.SubprocessError) as exc:
         lines.append(f"iptables failed: {exc}")
+    # Does the app answer inside the container (then the fault is the host's forwarding), and who holds the
+    # port on the host (Podman's conmon keeps it bound: without a DNAT rule a connection lands there and hangs)?
+    try:
+        api = engine.client.api
+        probe = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 5000 2>&1"
+        exec_id = api.exec_create(container.id, ["sh", "-c", probe])
+        lines.append(f"inside the container: {api.exec_start(exec_id)!r:.300}")
+    except Exception as exc:
+        lines.append(f"exec in the container failed: {exc}")
+    # Two bridges with the same subnet (or a stale route) send the DNATed packets to the wrong bridge.
+    for argv in (["ss", "-Htlnp", f"sport = :{port}"], ["ip", "-4", "route"], ["ip", "-4", "-o", "addr"]):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+            lines.append(f"{' '.join(argv)}: " + "; ".join(out.splitlines()))
+        except (OSError, subprocess.SubprocessError) as exc:
+            lines.append(f"{' '.join(argv)} failed: {exc}")
     return "\n".join(lines)
 
 

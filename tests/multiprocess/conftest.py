@@ -392,7 +392,9 @@ class Engine:
         self.client = docker.DockerClient(base_url=url, timeout=120)
 
     def containers(self, installation: str) -> list[Any]:
-        return self.client.containers.list(all=True, filters={"label": f"{LABEL_INSTALLATION}={installation}"})
+        # A container removed between the list call and docker-py's inspect of it is gone: not an error.
+        return self.client.containers.list(all=True, filters={"label": f"{LABEL_INSTALLATION}={installation}"},
+                                           ignore_removed=True)
 
     def per_pod(self, installation: str) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

@@ -2,7 +2,8 @@
 REQUESTED + ON pods, so lost or duplicate messages change nothing. Each pod is claimed with an optimistic lock
 (REQUESTED → SPAWNER SETUP), its container is created idempotently (deterministic name + instance label), and
 only then is the pod marked CREATING. A spawner killed half-way leaves SPAWNER SETUP, which the health loop
-re-drives after its deadline; ensure_running then finds or replaces the container, never duplicating it. A
+re-drives after its deadline with a new instance, removing the container the dead spawner may have made (a start
+that no live spawner saw succeed is never adopted); ensure_running replaces by name, never duplicating it. A
 spawner that stays alive through a database outage keeps retrying the step that records the outcome, so its
 pods move on as soon as the database is back rather than after that deadline."""
 

@@ -8,7 +8,9 @@ Rules (Tapis semantics, with its stuck states fixed):
 - ``ON``:
   - ``STOPPED`` → ``REQUESTED`` (new instance; the spawner is woken).
   - ``REQUESTED`` past the deadline → the spawner is woken again (re-drive); with no runtime, the reason is shown.
-  - ``SPAWNER SETUP`` past the deadline (a spawner died mid-way) → ``REQUESTED`` again.
+  - ``SPAWNER SETUP`` past the deadline (a spawner died mid-way) → ``REQUESTED`` again. A *running* container
+    it left (a start that no live spawner saw succeed) is removed and a new instance begins; a merely created one
+    is adopted and started by the next spawner.
   - ``CREATING``/``AVAILABLE`` with a running container of this instance → ``AVAILABLE`` (``start_instance_ts``
     set the first time), ``time_to_stop_ts`` recomputed, and past it → ``status_requested = OFF``.
   - container exited 0 → ``COMPLETE``; exited non-zero → ``ERROR`` with the exit code; logs captured once.
@@ -106,15 +108,16 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
     # Only trust what the list showed for a status that was set before the list call was made.
     settled = pod.status_since <= listed_at
     stale = container is not None and container.instance_id != pod.instance_id
-    if stale and pod.status != st.SPAWNER_SETUP and settled:
-        # A leftover of an earlier instance: remove it; the rules below see "no container".
+    overdue = now - pod.status_since > deadline
+    if stale and settled and (pod.status != st.SPAWNER_SETUP or overdue):
+        # A leftover of an earlier instance (or one a spawner that died was replacing): remove it; the rules
+        # below see "no container".
         d.remove_container = True
         d.log = "health removed a container of an earlier instance"
         container = None
     elif stale:
         # The spawner is replacing it right now, or the pod changed since the list: look again next pass.
         return d
-    overdue = now - pod.status_since > deadline
 
     if pod.status_requested in (st.OFF, st.RESTART):
         if container is not None:
@@ -154,12 +157,22 @@ def decide(pod: PodFacts, container: ContainerFacts | None, *, now: datetime, li
             d.wake_spawner = True
         return d
     if pod.status == st.SPAWNER_SETUP:
-        # Past the deadline the spawner died mid-way (with or without having made the container):
-        # re-request; ensure_running finds or replaces the container, never duplicating it.
+        # Past the deadline the spawner died mid-way (with or without having made the container): re-request.
+        # A running container it left is not adopted: the engine may have carried out a start whose client died
+        # only in part (running, but not reachable), and nothing cheap tells. So it goes (before the pod is
+        # REQUESTED, so that no spawner races the removal) and a new instance starts afresh; the new instance
+        # also makes a late answer of a spawner that was merely slow moot (lifecycle.finish checks it). A
+        # created container is adopted: the next spawner starts it itself. (A live spawner confirms a start
+        # moments after it, so a slow one is hardly ever caught here; removing created containers too would
+        # keep replacing the container of a spawner slower than the deadline.)
         if overdue:
             d.status = st.REQUESTED
             d.wake_spawner = True
             d.log = f"health re-requested pod stuck in SPAWNER SETUP for over {deadline.total_seconds():.0f}s"
+            if container is not None and container.state == "running":
+                d.remove_container = True
+                d.new_instance = True
+                d.log += "; removed the container it had started, a new instance begins"
         return d
     if pod.status == st.DELETING:
         if container is not None:

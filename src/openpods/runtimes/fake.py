@@ -16,6 +16,9 @@ Failure injection (the controllers' error paths):
   ``list_managed``, ``observe``, ``logs``, ``exec``, ``put_file``) raises ``exc`` instead;
 - ``engine.unavailable = True``: every operation raises :class:`RuntimeUnavailable` (``ping`` answers False);
 - ``engine.crash(name, exit_code, message)``: the container's main process dies now (e.g. an OOM kill);
+- ``engine.drop_forwarding(name)``: the container keeps running, but its published host ports no longer reach
+  it (what a start that the engine carried out only in part may leave); ``engine.answers(host_port)`` tells
+  whether a host port reaches a running container, as a TCP client on the host would find out;
 - ``engine.calls``: how many times each operation was called (to assert O(1) engine calls per pass).
 """
 
@@ -101,6 +104,7 @@ class FakeContainer:
     dirs: set[str] = field(default_factory=lambda: set(_BASE_DIRS))
     files: dict[str, bytes] = field(default_factory=lambda: dict(_BASE_FILES))
     task: asyncio.Task[None] | None = None
+    forwarded: bool = True  # its published host ports reach it
 
     def write_log(self, _stream: int, data: bytes) -> None:
         self.log += data
@@ -254,6 +258,13 @@ class FakeEngine:
         if c.task is not None:
             c.task.cancel()
         self._finish(c, exit_code, message)
+
+    def drop_forwarding(self, name: str) -> None:
+        self.containers[name].forwarded = False
+
+    def answers(self, host_port: int) -> bool:
+        return any(c.state == "running" and c.forwarded and host_port in c.ports.values()
+                   for c in self.containers.values())
 
     # --- lifecycle
 
