@@ -258,9 +258,8 @@ class Settings(BaseSettings):
     engine_events_lag_sec: float = Field(
         2.0,
         ge=0,
-        description="With engine_events: how long an engine event may take to reach OpenPods, seconds (Podman's "
-        "file event log is polled about 4 times a second). For pods whose status changed this recently the "
-        "health loop asks the engine about their container instead of trusting the cache.",
+        description="With engine_events: how late an engine event may arrive (Podman polls its event log ~4 "
+        "times a second); pods whose status changed this recently are checked with the engine directly.",
     )
     health_interval_sec: float = Field(2.0, gt=0, description="Seconds between health passes.")
     stuck_deadline_sec: float = Field(
