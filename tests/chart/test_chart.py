@@ -130,8 +130,11 @@ def test_roles_config_and_proxy_fit_together() -> None:
     out = sync_c["command"][sync_c["command"].index("--out") + 1]
     include = sync_c["command"][sync_c["command"].index("--include") + 1]
     mounts = {m["name"]: m for m in sync_c["volumeMounts"]}
-    assert out.startswith(mounts["dynamic"]["mountPath"] + "/") and not mounts["dynamic"].get("readOnly")
-    assert mounts["static"]["mountPath"] == include
+    assert not mounts["dynamic"].get("readOnly") and mounts["static"]["mountPath"] == include
+    # Traefik sees the sub-directory the routes file is written to (the staging files stay outside it).
+    seen = next(m for m in traefik_c["volumeMounts"] if m["name"] == "dynamic")
+    assert seen["mountPath"] == "/etc/traefik/dynamic" and seen["readOnly"]
+    assert out == f"{mounts['dynamic']['mountPath']}/{seen['subPath']}/pods.yml"
     volumes = {v["name"]: v for v in proxy_pod["volumes"]}
     assert "emptyDir" in volumes["dynamic"]
     assert volumes["static"]["configMap"]["name"] == "op-openpods-traefik-dynamic"

@@ -33,8 +33,22 @@ class SyncState:
     writes: int = 0  # configs written (tests, logs)
 
 
-def write_atomically(out: Path, body: bytes) -> None:
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # Traefik reads .yml/.yaml/.toml/.json only
+def staging_dir(directory: Path) -> Path:
+    """Where temporary files are written before being renamed into ``directory``: next to it, on the same
+    filesystem, but outside it. Traefik's file provider reloads on any event in its directory and throttles
+    reloads (``providersThrottleDuration``): a temporary file created inside would cost the real change one
+    throttle period. Falls back to ``directory`` itself where its parent is not writable."""
+    staging = directory.parent / f".{directory.name}.staging"
+    try:
+        staging.mkdir(mode=0o700, exist_ok=True)
+        return staging
+    except OSError:
+        return directory
+
+
+def write_atomically(out: Path, body: bytes, staging: Path | None = None) -> None:
+    staging = staging or out.parent
+    tmp = staging / f".{out.name}.{os.getpid()}.tmp"  # Traefik reads .yml/.yaml/.toml/.json only
     with open(tmp, "wb") as f:
         f.write(body)
         f.flush()
@@ -42,7 +56,8 @@ def write_atomically(out: Path, body: bytes) -> None:
     os.replace(tmp, out)
 
 
-def fetch_once(client: httpx.Client, url: str, secret: str, out: Path, state: SyncState, wait_sec: float) -> bool:
+def fetch_once(client: httpx.Client, url: str, secret: str, out: Path, state: SyncState, wait_sec: float,
+               staging: Path | None = None) -> bool:
     """One long-poll; True when a new config was written. Raises httpx errors and on an unexpected status."""
     headers = {SECRET_HEADER: secret}
     if state.etag and out.exists():
@@ -54,20 +69,20 @@ def fetch_once(client: httpx.Client, url: str, secret: str, out: Path, state: Sy
     if response.status_code != 200:
         raise httpx.HTTPStatusError(f"{url} answered {response.status_code}: {response.text[:200]}",
                                     request=response.request, response=response)
-    write_atomically(out, response.content)
+    write_atomically(out, response.content, staging)
     state.etag = response.headers.get("etag")
     state.writes += 1
     return True
 
 
-def copy_static(include: Path, directory: Path) -> list[str]:
+def copy_static(include: Path, directory: Path, staging: Path | None = None) -> list[str]:
     """Copy the config files of ``include`` (e.g. a mounted ConfigMap: the API's own router) next to the routes
     file, each atomically, so that one directory, and so one file provider, holds the whole dynamic config."""
     copied = []
     for source in sorted(include.iterdir()):
         if source.name.startswith(".") or source.suffix not in CONFIG_SUFFIXES or not source.is_file():
             continue  # a ConfigMap mount's ..data and timestamped directories; other files
-        write_atomically(directory / source.name, source.read_bytes())
+        write_atomically(directory / source.name, source.read_bytes(), staging)
         copied.append(source.name)
     return copied
 
@@ -81,13 +96,14 @@ def run(api_url: str, secret: str, out: Path, *, wait_sec: float = 30.0, retry_s
     state = SyncState()
     pause = retry_sec[0]
     out.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out.parent)
     if include is not None:
-        log.info("copied %s from %s", ", ".join(copy_static(include, out.parent)) or "nothing", include)
+        log.info("copied %s from %s", ", ".join(copy_static(include, out.parent, staging)) or "nothing", include)
     with httpx.Client() as client:
         while not stop.is_set():
             try:
                 started = time.monotonic()
-                if fetch_once(client, url, secret, out, state, wait_sec):
+                if fetch_once(client, url, secret, out, state, wait_sec, staging):
                     log.info("routes updated (%s, %d bytes) in %.0f ms", state.etag, out.stat().st_size,
                              (time.monotonic() - started) * 1000)
                 pause = retry_sec[0]
