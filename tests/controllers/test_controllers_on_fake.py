@@ -278,11 +278,16 @@ async def cluster(site: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
             await stop_all(engine)
 
 
-async def until_status(ctx: AppContext, pod_id: str, status: str) -> Pod:
-    for _ in range(100):
+async def until_status(ctx: AppContext, pod_id: str, status: str, *, timeout: float = 30.0) -> Pod:
+    """Health passes until the pod has ``status`` (an exit is judged only once it has settled: EXIT_SETTLE)."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
         await Health(ctx).pass_once()
         if pod(ctx, pod_id).status == status:
             break
+        await asyncio.sleep(0.05)
     return pod(ctx, pod_id)
 
 

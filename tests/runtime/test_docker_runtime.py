@@ -734,7 +734,7 @@ def test_a_container_half_removed_by_podman_counts_as_gone() -> None:
 def test_the_bridge_isolation_rule_is_moved_back_above_a_jump_put_on_top() -> None:
     """netavark inserts its NETAVARK_FORWARD jump (accepting a pod subnet) at the top of FORWARD when it sets a
     network up: our DROP between pod bridges must end up first again (it is re-checked after every start)."""
-    from openpods.runtimes.docker import ensure_bridge_isolation_rule
+    from openpods.runtimes.docker import ensure_bridge_isolation_rule, isolation_rule_host_lock
 
     ours = ["-A", "FORWARD", "-i", "opb+", "-o", "opb+", "-j", "DROP"]
     above = ["FORWARD", "-i", "opbtestnone", "-j", "ACCEPT"]  # matches no interface: harmless while it exists
@@ -744,9 +744,11 @@ def test_the_bridge_isolation_rule_is_moved_back_above_a_jump_put_on_top() -> No
         return [line.split() for line in out.stdout.splitlines() if line.startswith("-A FORWARD ")]
 
     assert ensure_bridge_isolation_rule()
-    subprocess.run(["iptables", "-w", "-I", "FORWARD", "1", *above[1:]], check=True)
+    with isolation_rule_host_lock():  # other workers start containers meanwhile: they wait for us
+        subprocess.run(["iptables", "-w", "-I", "FORWARD", "1", *above[1:]], check=True)
+        first = forward_rules()[0]
     try:
-        assert forward_rules()[0] != ours
+        assert first != ours
         assert ensure_bridge_isolation_rule()
         rules = forward_rules()
         assert rules[0] == ours and rules.count(ours) == 1

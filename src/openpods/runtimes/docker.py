@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -39,6 +40,7 @@ import socket
 import struct
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -432,14 +434,27 @@ def pod_bridge_name(network_name: str) -> str:
     return POD_BRIDGE_PREFIX + hashlib.sha256(network_name.encode()).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def isolation_rule_host_lock() -> Iterator[None]:
+    """Serialises the rule's check-and-move across the processes of this host (several OpenPods processes, or
+    test workers, starting containers at once would otherwise each insert a copy)."""
+    directory = "/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()
+    fd = os.open(os.path.join(directory, "openpods-bridge-isolation.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _rule_is_first(exe: str, rule: list[str]) -> bool | None:
-    """Whether ``rule`` is the first rule of its chain (None: it is not in the chain at all)."""
+    """Whether ``rule`` is the first rule of its chain, and there once (None: it is not in the chain at all)."""
     listed = subprocess.run([exe, "-w", "-S", rule[0]], capture_output=True, text=True, timeout=30, check=True)
     rules = [line.split() for line in listed.stdout.splitlines() if line.startswith(f"-A {rule[0]} ")]
     mine = ["-A", *rule]
     if mine not in rules:
         return None
-    return rules[0] == mine
+    return rules[0] == mine and rules.count(mine) == 1
 
 
 def ensure_bridge_isolation_rule() -> bool:
@@ -452,7 +467,7 @@ def ensure_bridge_isolation_rule() -> bool:
     published ports) and the outside world are not affected. Returns whether the rule is in place (a failure
     is logged once and leaves isolation to the engine)."""
     global _isolation_rule_ok
-    with _isolation_rule_lock:
+    with _isolation_rule_lock, isolation_rule_host_lock():
         if _isolation_rule_ok is False:
             return False
         rule = ["FORWARD", "-i", f"{POD_BRIDGE_PREFIX}+", "-o", f"{POD_BRIDGE_PREFIX}+", "-j", "DROP"]
@@ -462,10 +477,10 @@ def ensure_bridge_isolation_rule() -> bool:
             if exe is None:
                 continue
             try:
-                first = _rule_is_first(exe, rule)
-                if first is not True:
-                    if first is False:  # present, but something was put above it
-                        subprocess.run([exe, "-w", "-D", *rule], capture_output=True, timeout=30, check=True)
+                if _rule_is_first(exe, rule) is not True:
+                    # Every copy out (there is one unless something went wrong before), then one at the top.
+                    while subprocess.run([exe, "-w", "-D", *rule], capture_output=True, timeout=30).returncode == 0:
+                        pass
                     subprocess.run([exe, "-w", "-I", *rule[:1], "1", *rule[1:]], capture_output=True, timeout=30,
                                    check=True)
                 ok = ok or tool == "iptables"
